@@ -107,6 +107,12 @@ impl<B: Body> Envelope<B> {
                 limit,
             });
         }
+        // serde accepts a struct written as a JSON array; the wire format is objects only.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(DecodeError::Malformed(serde::de::Error::custom(
+                "an envelope must be a JSON object",
+            )));
+        }
         let envelope: Self = match serde_json::from_slice(bytes) {
             Ok(e) => e,
             Err(e) => {
