@@ -78,6 +78,20 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| (*x).to_owned()).collect()
 }
 
+/// JetStream administration a service identity may never perform (streams and consumers are
+/// created by the provisioning identity only). Redundant with the allow lists, kept as an
+/// explicit second layer.
+const JS_ADMIN: &[&str] = &[
+    "$JS.API.STREAM.CREATE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.CONSUMER.CREATE.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.>",
+    "$JS.API.CONSUMER.DELETE.>",
+];
+
 /// JetStream API subjects a durable pull consumer's owner needs, and nothing more.
 fn pull_consumer(stream: &str, consumer: &str) -> Vec<String> {
     vec![
@@ -102,7 +116,7 @@ pub fn permissions(id: &Identity) -> Permissions {
             publish.extend(pull_consumer(stream::CHAT_IN, stream::CHAT_IN_CONSUMER));
             Permissions {
                 publish_allow: publish,
-                publish_deny: s(&["$JS.API.STREAM.>", "$JS.API.CONSUMER.CREATE.>"]),
+                publish_deny: s(JS_ADMIN),
                 subscribe_allow: vec![inbox, "status.*".to_owned(), "alert.*".to_owned()],
                 subscribe_deny: Vec::new(),
                 allow_responses: None,
@@ -110,7 +124,7 @@ pub fn permissions(id: &Identity) -> Permissions {
         }
         Identity::AuditWriter => Permissions {
             publish_allow: pull_consumer(stream::AUDIT, stream::AUDIT_WRITER_CONSUMER),
-            publish_deny: s(&["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>"]),
+            publish_deny: s(JS_ADMIN),
             subscribe_allow: vec![inbox],
             subscribe_deny: Vec::new(),
             allow_responses: None,
@@ -120,7 +134,7 @@ pub fn permissions(id: &Identity) -> Permissions {
             publish.extend(pull_consumer(stream::CHAT_OUT, stream::CHAT_OUT_CONSUMER));
             Permissions {
                 publish_allow: publish,
-                publish_deny: s(&["$JS.API.STREAM.>", "$JS.API.CONSUMER.CREATE.>"]),
+                publish_deny: s(JS_ADMIN),
                 subscribe_allow: vec![inbox],
                 subscribe_deny: Vec::new(),
                 allow_responses: None,
@@ -224,7 +238,7 @@ pub fn subjects_table() -> Vec<SubjectRow> {
             subject: "audit.<principal>",
             body: "AuditEvent",
             publishers: "that principal only",
-            receivers: "audit writer (and the audit-anomaly agent through the orchestrator)",
+            receivers: "audit writer",
             transport: "JetStream AUDIT (limits, deny delete/purge, Nats-Msg-Id = event id)",
         },
         SubjectRow {
@@ -302,6 +316,58 @@ pub fn permissions_markdown(agent_example: &AgentName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_deny_entry_shadows_an_allow_entry() {
+        // Deny wins in NATS: a deny that covers an allowed subject silently breaks a service.
+        let covers = |pattern: &str, subject: &str| {
+            let p: Vec<&str> = pattern.split('.').collect();
+            let s: Vec<&str> = subject.split('.').collect();
+            for (i, tok) in p.iter().enumerate() {
+                match *tok {
+                    ">" => return s.len() > i,
+                    "*" => {
+                        if s.get(i).is_none() {
+                            return false;
+                        }
+                    }
+                    t => {
+                        if s.get(i) != Some(&t) {
+                            return false;
+                        }
+                    }
+                }
+            }
+            p.len() == s.len()
+        };
+        let ids = [
+            Identity::Orchestrator,
+            Identity::AuditWriter,
+            Identity::Gateway,
+            Identity::Admin,
+            Identity::Monitor,
+            Identity::Agent(AgentName::new("hue").unwrap()),
+        ];
+        for id in ids {
+            let p = permissions(&id);
+            for allow in &p.publish_allow {
+                for deny in &p.publish_deny {
+                    assert!(
+                        !covers(deny, allow),
+                        "{id:?}: publish deny {deny} shadows {allow}"
+                    );
+                }
+            }
+            for allow in &p.subscribe_allow {
+                for deny in &p.subscribe_deny {
+                    assert!(
+                        !covers(deny, allow),
+                        "{id:?}: subscribe deny {deny} shadows {allow}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn agents_may_touch_only_their_own_subjects() {
