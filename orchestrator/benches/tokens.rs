@@ -5,7 +5,12 @@
 //! a run counts whole iterations. Tokens carry realistic claims (a Hue action with three
 //! arguments, a user approval binding). The replay-store figure uses a SQLite file in the
 //! target directory (real disk) with WAL and synchronous=FULL, one fsync per accepted token.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
