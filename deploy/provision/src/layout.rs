@@ -13,6 +13,8 @@
 //!   keys/keyset.json                       the agents' verification keyset (kid 1)
 //!   keys/checkpoint.seed                   audit checkpoint signing seed (0600)
 //!   keys/checkpoint.pub                    its public key
+//!   audit/audit.db                         the audit log (written by audit-writer only)
+//!   audit/witness.notes                    copies of its signed checkpoints
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -51,6 +53,20 @@ impl Layout {
     /// `<root>/keys`
     pub fn keys_dir(&self) -> PathBuf {
         self.root.join("keys")
+    }
+
+    /// `<root>/audit`
+    pub fn audit_dir(&self) -> PathBuf {
+        self.root.join("audit")
+    }
+    /// The audit log database.
+    pub fn audit_db(&self) -> PathBuf {
+        self.audit_dir().join("audit.db")
+    }
+    /// The audit witness file (a copy of every signed checkpoint; keep it on another disk or
+    /// host in production and point `--witness` there).
+    pub fn audit_witness(&self) -> PathBuf {
+        self.audit_dir().join("witness.notes")
     }
 
     /// The local CA certificate.

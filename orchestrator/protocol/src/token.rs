@@ -480,3 +480,65 @@ pub fn verify_text(
 ) -> Result<Claims, TokenError> {
     verify(keyset, &from_text(token)?, expected, now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn key(b: u8) -> VerifyingKey {
+        SigningKey::from_bytes(&[b; 32]).verifying_key()
+    }
+
+    #[test]
+    fn rotation_keeps_at_most_two_keys_and_retires_the_old_one_after_the_grace() {
+        let one = Keyset::single(1, key(1)).unwrap();
+        let two = one.rotate(2, key(2), 1_000).unwrap();
+        assert_eq!(
+            two.entries()
+                .iter()
+                .map(|e| (e.kid, e.retires_at))
+                .collect::<Vec<_>>(),
+            vec![(1, Some(1_000 + KEY_RETIREMENT_GRACE_SECS)), (2, None)]
+        );
+        // A third key while kid 1 is still in its grace period would make three: refused.
+        assert_eq!(two.rotate(3, key(3), 1_010), Err(KeysetError::TooManyKeys));
+        // After the grace period kid 1 is dropped and the rotation goes through.
+        let three = two
+            .rotate(3, key(3), 1_001 + KEY_RETIREMENT_GRACE_SECS)
+            .unwrap();
+        let kids: Vec<KeyId> = three.entries().iter().map(|e| e.kid).collect();
+        assert_eq!(kids, vec![2, 3]);
+        // The stored form round-trips.
+        assert_eq!(Keyset::from_file(&three.to_file()).unwrap(), three);
+    }
+
+    #[test]
+    fn keysets_refuse_duplicates_empties_and_bad_files() {
+        assert_eq!(Keyset::new(vec![]), Err(KeysetError::Empty));
+        let dup = vec![
+            KeyEntry {
+                kid: 1,
+                key: key(1),
+                retires_at: None,
+            },
+            KeyEntry {
+                kid: 1,
+                key: key(2),
+                retires_at: None,
+            },
+        ];
+        assert_eq!(Keyset::new(dup), Err(KeysetError::DuplicateKid(1)));
+        let bad_hex = KeysetFile {
+            keys: vec![KeyFileEntry {
+                kid: 1,
+                public_key: "zz".to_owned(),
+                retires_at: None,
+            }],
+        };
+        assert_eq!(
+            Keyset::from_file(&bad_hex).unwrap_err().code(),
+            "keyset_malformed"
+        );
+    }
+}
