@@ -63,6 +63,7 @@ impl Spec {
             Identity::Gateway,
             Identity::Admin,
             Identity::Monitor,
+            Identity::Egress,
         ];
         for (i, a) in self.agents.iter().enumerate() {
             if self.agents.iter().take(i).any(|b| b == a) {
@@ -126,6 +127,8 @@ pub enum IdentityKind {
     Admin,
     /// [`Identity::Monitor`]
     Monitor,
+    /// [`Identity::Egress`]
+    Egress,
     /// [`Identity::Agent`]
     Agent,
 }
@@ -163,6 +166,7 @@ impl IdentityEntry {
             Identity::Gateway => IdentityKind::Gateway,
             Identity::Admin => IdentityKind::Admin,
             Identity::Monitor => IdentityKind::Monitor,
+            Identity::Egress => IdentityKind::Egress,
             Identity::Agent(_) => IdentityKind::Agent,
         };
         IdentityEntry {
@@ -180,6 +184,7 @@ impl IdentityEntry {
             IdentityKind::Gateway => Identity::Gateway,
             IdentityKind::Admin => Identity::Admin,
             IdentityKind::Monitor => Identity::Monitor,
+            IdentityKind::Egress => Identity::Egress,
             IdentityKind::Agent => Identity::Agent(
                 self.principal
                     .as_agent()
@@ -613,6 +618,7 @@ mod tests {
             700 nats/
             600 nats/admin.nk
             600 nats/audit.nk
+            600 nats/egress.nk
             600 nats/gateway.nk
             600 nats/hue.nk
             644 nats/identities.json
@@ -628,6 +634,8 @@ mod tests {
             644 tls/clients/admin.pem
             600 tls/clients/audit.key
             644 tls/clients/audit.pem
+            600 tls/clients/egress.key
+            644 tls/clients/egress.pem
             600 tls/clients/gateway.key
             644 tls/clients/gateway.pem
             600 tls/clients/hue.key
@@ -710,7 +718,7 @@ mod tests {
 
         // The stored identities render exactly the config that was written.
         let identities = load_identities(&layout).unwrap();
-        assert_eq!(identities.identities.len(), 5);
+        assert_eq!(identities.identities.len(), 6);
         let s = spec(&[]);
         let config = nats_config_from_identities(&layout, s.listen, s.limits, &identities).unwrap();
         assert_eq!(

@@ -189,6 +189,7 @@ fn kind(identity: &Identity) -> &'static str {
         Identity::Gateway => "the only identity that talks to chat platforms",
         Identity::Admin => "provisioning: creates streams and consumers",
         Identity::Monitor => "reads server system events",
+        Identity::Egress => "the egress proxy: reports its refusals",
         Identity::Agent(_) => "agent",
     }
 }

@@ -20,6 +20,8 @@ pub enum Identity {
     Admin,
     /// Reads the server's system events (`$SYS.>`, in the system account) for the anomaly rules.
     Monitor,
+    /// The egress proxy: publishes its refusals as audit events, nothing else.
+    Egress,
     /// One agent.
     Agent(AgentName),
 }
@@ -33,6 +35,7 @@ impl Identity {
             Identity::Gateway => Principal::gateway(),
             Identity::Admin => principal_const("admin"),
             Identity::Monitor => principal_const("monitor"),
+            Identity::Egress => principal_const("egress"),
             Identity::Agent(a) => a.into(),
         }
     }
@@ -151,6 +154,13 @@ pub fn permissions(id: &Identity) -> Permissions {
             publish_allow: Vec::new(),
             publish_deny: s(&[">"]),
             subscribe_allow: s(&["$SYS.>"]),
+            subscribe_deny: Vec::new(),
+            allow_responses: None,
+        },
+        Identity::Egress => Permissions {
+            publish_allow: s(&["audit.egress"]),
+            publish_deny: s(&["$JS.>"]),
+            subscribe_allow: vec![inbox],
             subscribe_deny: Vec::new(),
             allow_responses: None,
         },
@@ -280,6 +290,7 @@ pub fn permissions_markdown(agent_example: &AgentName) -> String {
         Identity::Gateway,
         Identity::Admin,
         Identity::Monitor,
+        Identity::Egress,
         Identity::Agent(agent_example.clone()),
     ];
     let mut out = String::from(
@@ -346,6 +357,7 @@ mod tests {
             Identity::Gateway,
             Identity::Admin,
             Identity::Monitor,
+            Identity::Egress,
             Identity::Agent(AgentName::new("hue").unwrap()),
         ];
         for id in ids {

@@ -4,7 +4,7 @@
 //! [`ActionName`], [`ChatUser`]), subjects built only from those names ([`Subject`]), the
 //! versioned [`Envelope`] with one closed message enum per subject family ([`message`]), the
 //! `cap.v1` capability token format and its pure verification ([`token`]), canonical argument
-//! hashing ([`args`]), the NATS permission table ([`acl`]) and typed errors with stable codes
+//! hashing ([`args`]), agent manifests ([`manifest`]) and their parameter schemas ([`schema`]), the NATS permission table ([`acl`]) and typed errors with stable codes
 //! ([`error`]).
 //!
 //! What it does not do: no I/O, no clock, no randomness in decisions (callers pass `now` and
@@ -16,8 +16,10 @@ pub mod args;
 pub mod envelope;
 pub mod error;
 pub mod id;
+pub mod manifest;
 pub mod message;
 pub mod name;
+pub mod schema;
 pub mod subject;
 pub mod token;
 

@@ -568,15 +568,34 @@ pub struct Heartbeat {
     pub in_flight: u32,
     /// Requests handled since start.
     pub handled: u64,
-    /// Isolation the agent runs under, as reported by its launcher.
-    pub isolation: Isolation,
+    /// Isolation the agent runs under.
+    pub isolation: IsolationReport,
+}
+
+/// How an agent is isolated, with the measures in force and those that could not be applied,
+/// so weaker isolation is always visible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationReport {
+    /// The backend.
+    pub level: Isolation,
+    /// Measures in force (e.g. `seccomp allowlist`, `landlock abi 4`).
+    pub measures: Vec<String>,
+    /// Measures that could not be applied here (e.g. `landlock: not supported by the kernel`).
+    pub missing: Vec<String>,
 }
 
 impl Body for Status {
     const FAMILY: Family = Family::Status;
     fn validate(&self) -> Result<(), String> {
         let Status::Heartbeat(h) = self;
-        check_text("version", &h.version, 64)
+        check_text("version", &h.version, 64)?;
+        check_len("isolation measures", &h.isolation.measures, 32)?;
+        check_len("isolation gaps", &h.isolation.missing, 32)?;
+        for m in h.isolation.measures.iter().chain(&h.isolation.missing) {
+            check_text("isolation note", m, 128)?;
+        }
+        Ok(())
     }
 }
 
