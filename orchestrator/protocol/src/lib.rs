@@ -13,6 +13,7 @@
 
 pub mod acl;
 pub mod args;
+pub mod deploy;
 pub mod envelope;
 pub mod error;
 pub mod id;
