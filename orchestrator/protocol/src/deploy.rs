@@ -54,6 +54,9 @@ pub struct ConfinePlan {
     pub read_only: Vec<String>,
     /// Paths the agent may read and write (its data directory).
     pub read_write: Vec<String>,
+    /// TCP ports the agent may connect to (NATS, and the destinations it may reach); others
+    /// are refused where the kernel's Landlock supports network rules.
+    pub connect_tcp_ports: Vec<u16>,
     /// Apply the seccomp allowlist.
     pub seccomp: bool,
 }

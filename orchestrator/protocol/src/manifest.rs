@@ -208,8 +208,12 @@ impl HostPort {
             };
             (host, port)
         };
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err("port must be 1 to 65535".to_owned());
+        if port.is_empty()
+            || port.len() > 5
+            || port.starts_with('0')
+            || !port.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err("port must be 1 to 65535, without leading zeros".to_owned());
         }
         let port: u16 = port
             .parse()
@@ -217,7 +221,12 @@ impl HostPort {
         if port == 0 {
             return Err("port must be 1 to 65535".to_owned());
         }
-        Ok(HostPort { host, port })
+        let parsed = HostPort { host, port };
+        // One destination, one spelling: IP literals must be in their canonical text form.
+        if matches!(parsed.host, Host::Ip(_)) && parsed.to_string() != s {
+            return Err(format!("write this address as {parsed}"));
+        }
+        Ok(parsed)
     }
 
     /// The host.
@@ -238,6 +247,14 @@ fn check_dns_name(host: &str) -> Result<String, String> {
     // A name made only of digits and dots would be an IP address in some parsers.
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Err("not a valid IP address".to_owned());
+    }
+    // A name whose last label starts with a digit could be read as a number (`0x7f.1`).
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().next().is_some_and(|b| b.is_ascii_digit()))
+    {
+        return Err("the last label of a host name must start with a letter".to_owned());
     }
     for label in host.split('.') {
         let ok = !label.is_empty()
@@ -308,6 +325,11 @@ mod tests {
             "-bad.com:443",
             "1.2.3:443",
             "999.1.1.1:443",
+            "example.com:0443",
+            "[2001:DB8::1]:443",
+            "[2001:db8:0::1]:443",
+            "0x7f.1:80",
+            "host.1a:80",
         ];
         let out: Vec<String> = cases
             .iter()
@@ -324,9 +346,9 @@ mod tests {
             localhost:8080 -> ok localhost:8080
             [example.com]:443 -> only IPv6 literals may be bracketed
             example.com -> missing :port
-            example.com:0 -> port must be 1 to 65535
+            example.com:0 -> port must be 1 to 65535, without leading zeros
             example.com:65536 -> port must be 1 to 65535
-            example.com:+443 -> port must be 1 to 65535
+            example.com:+443 -> port must be 1 to 65535, without leading zeros
             Example.com:443 -> host name labels are 1 to 63 bytes of a-z, 0-9 and inner '-'
             example.com.:443 -> host name labels are 1 to 63 bytes of a-z, 0-9 and inner '-'
             user@example.com:443 -> host name labels are 1 to 63 bytes of a-z, 0-9 and inner '-'
@@ -334,7 +356,12 @@ mod tests {
             ::1:443 -> IPv6 literals must be bracketed
             -bad.com:443 -> host name labels are 1 to 63 bytes of a-z, 0-9 and inner '-'
             1.2.3:443 -> not a valid IP address
-            999.1.1.1:443 -> not a valid IP address"#]]
+            999.1.1.1:443 -> not a valid IP address
+            example.com:0443 -> port must be 1 to 65535, without leading zeros
+            [2001:DB8::1]:443 -> write this address as [2001:db8::1]:443
+            [2001:db8:0::1]:443 -> write this address as [2001:db8::1]:443
+            0x7f.1:80 -> the last label of a host name must start with a letter
+            host.1a:80 -> the last label of a host name must start with a letter"#]]
         .assert_eq(&out.join("\n"));
     }
 

@@ -760,11 +760,13 @@ pub enum AuditEvent {
     },
     /// The egress proxy refused a connection.
     EgressRefused {
-        /// Which agent asked.
-        agent: AgentName,
-        /// Host as asked.
+        /// Which agent asked; `None` when the client's address lies in no agent's subnet.
+        agent: Option<AgentName>,
+        /// The client's source IP address, as the proxy saw it.
+        source: String,
+        /// Host as asked (empty when the refusal came before the request could be read).
         host: String,
-        /// Port.
+        /// Port as asked (0 when it could not be read).
         port: u16,
         /// Why.
         code: ErrorCode,
@@ -800,7 +802,10 @@ impl Body for AuditEvent {
                 check_text("detail", detail, MAX_LINE)
             }
             AuditEvent::StepResult { outcome, .. } => check_text("outcome", outcome, 32),
-            AuditEvent::EgressRefused { host, .. } => check_text("host", host, 255),
+            AuditEvent::EgressRefused { host, source, .. } => {
+                check_text("host", host, 255)?;
+                check_text("source", source, 64)
+            }
             AuditEvent::AlertRaised { alert } => alert.check(),
             AuditEvent::ServiceStarted { version } => check_text("version", version, 64),
             AuditEvent::StepIntent { jti, .. }
