@@ -21,6 +21,8 @@
     clippy::print_stderr
 )]
 
+pub mod fake_hue;
+
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
