@@ -37,6 +37,34 @@ fi
 "$nats_bin" --version
 export NATS_SERVER_BIN="$nats_bin"
 
+say "Docker engine"
+# The sandbox tests run real containers. Debian's docker.io; dockerd is started if no daemon
+# answers, and stopped again when this script exits.
+command -v dockerd >/dev/null || need_apt docker.io
+docker_answers() { curl -sf --unix-socket /var/run/docker.sock http://localhost/_ping >/dev/null 2>&1; }
+command -v curl >/dev/null || need_apt curl
+started_dockerd=""
+if ! docker_answers; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "no Docker engine answers and this user cannot start one" >&2
+        exit 1
+    fi
+    mkdir -p "$tools"
+    dockerd >"$tools/dockerd.log" 2>&1 &
+    started_dockerd=$!
+    for _ in $(seq 1 60); do docker_answers && break; sleep 0.5; done
+    docker_answers || { echo "dockerd did not start:" >&2; tail -20 "$tools/dockerd.log" >&2; exit 1; }
+fi
+stop_dockerd() {
+    if [ -n "$started_dockerd" ]; then
+        kill "$started_dockerd" 2>/dev/null || true
+        wait "$started_dockerd" 2>/dev/null || true
+    fi
+}
+trap stop_dockerd EXIT
+curl -s --unix-socket /var/run/docker.sock http://localhost/version | head -c 300; echo
+# Tests that need Docker fail when it is missing; nothing is skipped, with or without CI=true.
+
 # Dependencies compile once per machine: the target directory lives outside the clone (cargo
 # locks it, and fingerprints rebuild our own crates whenever their sources differ).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/assistant/target}"
