@@ -81,6 +81,9 @@ pub struct RunOptions {
     pub env: Vec<String>,
     /// Restart policy (default: on failure, at most [`spec::MAX_RESTARTS`] times).
     pub restart: Restart,
+    /// An image already loaded into the engine to run instead of one built from the
+    /// deployment's binary (tests run probe images this way); the hardening is the same.
+    pub image: Option<ImageId>,
 }
 
 impl Default for RunOptions {
@@ -89,6 +92,7 @@ impl Default for RunOptions {
             args: Vec::new(),
             env: Vec::new(),
             restart: Restart::OnFailure(spec::MAX_RESTARTS),
+            image: None,
         }
     }
 }
@@ -226,12 +230,22 @@ impl DockerSandbox {
             )));
         }
         let instance = &self.inner.settings.instance;
-        let image = image::ensure(
-            &self.inner.docker,
-            &format!("agent-{name}"),
-            &deployment.binary,
-        )
-        .await?;
+        let image = match &options.image {
+            Some(id) => {
+                if !image::exists(&self.inner.docker, id).await? {
+                    return Err(SandboxError::Invalid(format!("image {id:?} is not loaded")));
+                }
+                id.clone()
+            }
+            None => {
+                image::ensure(
+                    &self.inner.docker,
+                    &format!("agent-{name}"),
+                    &deployment.binary,
+                )
+                .await?
+            }
+        };
         let container = instance.agent_container(name);
         self.remove_container(&container).await?;
 

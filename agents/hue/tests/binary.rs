@@ -338,14 +338,13 @@ async fn the_binary_serves_commands_until_sigterm_confined_or_not() {
         let data = home.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let config_path = home.path().join("agent.json");
-        // Landlock and no_new_privs. The seccomp allowlist is the sandbox's to tune (its
-        // profile is shared with the containers) and is exercised by the sandbox's own tests.
+        // Landlock, no_new_privs and the seccomp allowlist shared with the containers.
         let confine = confined.then(|| {
             json!({
                 "read_only": [identity, config_path],
                 "read_write": [data],
                 "connect_tcp_ports": [server.addr().port(), bridge.addr().port()],
-                "seccomp": false
+                "seccomp": true
             })
         });
         let config = json!({
@@ -407,10 +406,18 @@ async fn the_binary_serves_commands_until_sigterm_confined_or_not() {
             );
             assert!(
                 h.isolation
-                    .missing
+                    .measures
                     .iter()
                     .skip(1)
-                    .any(|m| m.contains("seccomp")),
+                    .any(|m| m.starts_with("seccomp allowlist")),
+                "{:?}",
+                h.isolation
+            );
+            assert!(
+                h.isolation
+                    .measures
+                    .iter()
+                    .any(|m| m.starts_with("landlock: filesystem limited")),
                 "{:?}",
                 h.isolation
             );

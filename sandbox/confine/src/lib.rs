@@ -154,6 +154,41 @@ pub fn allowed_syscalls() -> Result<Vec<AllowRule>, ConfineError> {
     Ok(rules.into_values().collect())
 }
 
+/// Syscalls the profile answers with a specific errno instead of allowing them (e.g. `clone3`
+/// with ENOSYS, so the C library falls back to `clone`, whose flags the allowlist checks).
+pub fn errno_syscalls() -> Result<Vec<(String, u32)>, ConfineError> {
+    let profile: serde_json::Value = serde_json::from_str(AGENT_PROFILE)
+        .map_err(|e| ConfineError::Seccomp(format!("agent profile: {e}")))?;
+    let mut out = Vec::new();
+    for rule in profile
+        .get("syscalls")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+    {
+        if rule.get("action").and_then(|a| a.as_str()) != Some("SCMP_ACT_ERRNO") {
+            continue;
+        }
+        let errno = rule
+            .get("errnoRet")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|e| u32::try_from(e).ok())
+            .ok_or_else(|| {
+                ConfineError::Seccomp("agent profile: errno rule without errnoRet".to_owned())
+            })?;
+        for n in rule
+            .get("names")
+            .and_then(|n| n.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+        {
+            out.push((n.to_owned(), errno));
+        }
+    }
+    Ok(out)
+}
+
 /// The container profile, which this crate shares rather than copies.
 const AGENT_PROFILE: &str = include_str!("../../seccomp/agent.json");
 
@@ -290,7 +325,18 @@ mod linux {
                 .push("seccomp allowlist: unsupported architecture".to_owned());
             return Ok(());
         };
-        let rules = super::allowed_syscalls()?;
+        let mut rules = super::allowed_syscalls()?;
+        let errnos = super::errno_syscalls()?;
+        // The allowlist lets these through; the second filter below answers them with their
+        // errno (seccomp stacks filters and the most restrictive answer wins).
+        for (name, _) in &errnos {
+            if !rules.iter().any(|r| &r.name == name) {
+                rules.push(AllowRule {
+                    name: name.clone(),
+                    alternatives: vec![Vec::new()],
+                });
+            }
+        }
         // seccompiler's own name table decides which names exist on this architecture.
         let (known, unknown): (Vec<&AllowRule>, Vec<&AllowRule>) = rules.iter().partition(|r| {
             compile(
@@ -303,6 +349,12 @@ mod linux {
             .is_ok()
         });
         let program = compile(&known, arch)?;
+        let errno_program = compile_errnos(&errnos, arch)?;
+        // The errno filter first: installing a filter needs prctl, which the allowlist forbids.
+        if let Some(errno_program) = errno_program {
+            seccompiler::apply_filter_all_threads(&errno_program)
+                .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
+        }
         seccompiler::apply_filter_all_threads(&program)
             .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
         report.measures.push(format!(
@@ -320,6 +372,41 @@ mod linux {
             ));
         }
         Ok(())
+    }
+
+    /// A filter answering each listed syscall with its errno and allowing everything else (it
+    /// is stacked on the allowlist, which still refuses everything unlisted).
+    fn compile_errnos(
+        errnos: &[(String, u32)],
+        arch: TargetArch,
+    ) -> Result<Option<BpfProgram>, ConfineError> {
+        let mut map = serde_json::Map::new();
+        // seccompiler filters have one match action: one filter per errno value.
+        for (name, errno) in errnos {
+            let key = format!("errno{errno}");
+            let entry = map.entry(key).or_insert_with(|| {
+                serde_json::json!({
+                    "mismatch_action": "allow",
+                    "match_action": { "errno": errno },
+                    "filter": [],
+                })
+            });
+            if let Some(list) = entry.get_mut("filter").and_then(|f| f.as_array_mut()) {
+                list.push(serde_json::json!({ "syscall": name }));
+            }
+        }
+        if map.is_empty() {
+            return Ok(None);
+        }
+        if map.len() > 1 {
+            return Err(ConfineError::Seccomp(
+                "the profile uses more than one errno value; extend compile_errnos".to_owned(),
+            ));
+        }
+        let text = serde_json::Value::Object(map).to_string();
+        let compiled = seccompiler::compile_from_json(text.as_bytes(), arch)
+            .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
+        Ok(compiled.into_values().next())
     }
 
     /// An allowlist filter: the listed syscalls pass, anything else fails with EPERM.

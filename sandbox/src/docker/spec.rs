@@ -43,7 +43,9 @@ pub const NATS_PORT: u16 = 4222;
 /// The port the egress proxy listens on.
 pub const EGRESS_PORT: u16 = 3128;
 /// The options of the `/tmp` tmpfs.
-pub const TMPFS_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=16m";
+/// Owned by the container user (10001) and private to it: without `uid`/`gid` the engine mounts
+/// it root-owned 0755 and the agent could not write its own scratch space.
+pub const TMPFS_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=16m,mode=0700,uid=10001,gid=10001";
 /// Most restarts of the on-failure policy.
 pub const MAX_RESTARTS: u32 = 5;
 /// Size of one log file, and how many are kept.
@@ -707,7 +709,7 @@ mod tests {
             all capabilities dropped
             no-new-privileges
             seccomp allowlist agent.json (COUNT calls, default EPERM)
-            tmpfs /tmp (rw,noexec,nosuid,nodev,size=16m)
+            tmpfs /tmp (rw,noexec,nosuid,nodev,size=16m,mode=0700,uid=10001,gid=10001)
             limits: memory 128 MiB, pids 64, cpu 0.50, open files 256
             internal network prod-net-hue: NATS and the egress proxy
             secrets read-only at /run/secrets

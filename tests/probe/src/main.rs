@@ -135,18 +135,44 @@ fn fs() {
         "write_tmp",
         std::fs::write("/tmp/probe-file", b"probe").map(|()| "wrote /tmp/probe-file".to_owned()),
     );
-    // Copy ourselves to /tmp and try to run the copy: noexec must refuse it.
-    let copied = std::fs::copy(&own, "/tmp/probe-copy").and_then(|_| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions("/tmp/probe-copy", std::fs::Permissions::from_mode(0o755))
-    });
-    report("copy_to_tmp", copied.map(|()| "copied".to_owned()));
+    // Write an executable file to /tmp (mode set at creation: no chmod needed): a script whose
+    // interpreter is this very binary, so it would run anywhere but on a noexec mount.
+    let copied = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o755)
+            .open("/tmp/probe-copy")
+            .and_then(|mut f| f.write_all(format!("#!{} whoami\n", own.display()).as_bytes()))
+    };
+    report(
+        "copy_to_tmp",
+        copied.map(|()| "wrote an executable script, mode 755".to_owned()),
+    );
     report(
         "exec_from_tmp",
         std::process::Command::new("/tmp/probe-copy")
             .arg("whoami")
             .output()
             .map(|o| format!("ran, exit {:?}", o.status.code())),
+    );
+    report(
+        "tmp_mount_options",
+        std::fs::read_to_string("/proc/self/mountinfo").and_then(|m| {
+            m.lines()
+                .find(|l| l.split_whitespace().nth(4) == Some("/tmp"))
+                .map(|l| {
+                    let fields: Vec<&str> = l.split_whitespace().collect();
+                    format!(
+                        "{} {}",
+                        fields.get(5).copied().unwrap_or_default(),
+                        fields.last().copied().unwrap_or_default()
+                    )
+                })
+                .ok_or_else(|| std::io::Error::other("no /tmp mount"))
+        }),
     );
     report(
         "write_data_volume",

@@ -21,6 +21,7 @@
     clippy::print_stderr
 )]
 
+pub mod docker;
 pub mod fake_hue;
 
 use std::fs::{self, File};

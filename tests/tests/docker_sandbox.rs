@@ -14,8 +14,6 @@
     clippy::print_stderr
 )]
 
-mod docker_support;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -23,21 +21,21 @@ use std::time::Duration;
 
 use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    ListVolumesOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
 };
 use futures::StreamExt as _;
 use protocol::AgentName;
 use protocol::acl::Identity;
 use protocol::manifest::HostPort;
 use sandbox::docker::seccomp::Profile;
-use sandbox::docker::spec::{self, AgentContainer, Restart};
+use sandbox::docker::spec::{self, Restart};
 use sandbox::docker::{EgressSettings, ImageId, RunOptions};
 use sandbox::{AgentDeployment, Limits, RunState, Sandbox as _};
 use serde_json::Value;
 
-use docker_support::{
-    PROBE_TIMEOUT, TestSandbox, deployment, home, nats_settings, probe_results, workspace_binary,
+use test_support::docker::{
+    ControlSeccomp, PROBE_TIMEOUT, TestSandbox, deployment, home, nats_settings, probe_results,
+    run_control, workspace_binary,
 };
 
 fn probe_bin() -> PathBuf {
@@ -61,6 +59,7 @@ fn args(list: &[&str]) -> RunOptions {
         args: list.iter().map(|a| (*a).to_owned()).collect(),
         env: Vec::new(),
         restart: Restart::No,
+        image: None,
     }
 }
 
@@ -276,54 +275,8 @@ async fn seccomp_refuses_calls_outside_the_allowlist_with_eperm() {
     // The control: the very same container without the seccomp profile. keyctl (which needs
     // no capability) then works, so the EPERM above is the filter's doing.
     let image = ImageId::parse(&t.inspect(&d.name).await.unwrap().image_digest.unwrap()).unwrap();
-    let dir = t.settings().state_dir.join("hue");
-    let mut control = spec::agent_spec(&AgentContainer {
-        instance: t.instance().clone(),
-        agent: d.name.clone(),
-        image,
-        secrets_dir: dir.join("secrets"),
-        config_file: dir.join("agent.json"),
-        args: vec!["syscalls".to_owned()],
-        env: Vec::new(),
-        limits: d.limits,
-        restart: Restart::No,
-        stop_timeout_secs: 2,
-    });
-    control.name = format!("{}-unconfined-control", t.instance());
-    let mut body = spec::container_body(&control);
-    let opts = body
-        .host_config
-        .as_mut()
-        .unwrap()
-        .security_opt
-        .as_mut()
-        .unwrap();
-    for o in opts.iter_mut() {
-        if o.starts_with("seccomp=") {
-            *o = "seccomp=unconfined".to_owned();
-        }
-    }
-    let docker = t.client();
-    docker
-        .create_container(
-            Some(
-                CreateContainerOptionsBuilder::default()
-                    .name(&control.name)
-                    .build(),
-            ),
-            body,
-        )
-        .await
-        .unwrap();
-    docker.start_container(&control.name, None).await.unwrap();
-    let waited = tokio::time::timeout(
-        PROBE_TIMEOUT,
-        docker.wait_container(&control.name, None).next(),
-    )
-    .await
-    .unwrap();
-    assert!(matches!(waited, Some(Ok(_))), "{waited:?}");
-    let unfiltered = probe_results(&t.container_logs(&control.name).await.unwrap());
+    let logs = run_control(&t, &d, image, &["syscalls"], ControlSeccomp::Unconfined).await;
+    let unfiltered = probe_results(&logs);
     assert_eq!(
         unfiltered["keyctl"]["outcome"], "allowed",
         "{}",

@@ -9,8 +9,6 @@
     clippy::print_stderr
 )]
 
-mod docker_support;
-
 use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::time::Duration;
@@ -25,7 +23,7 @@ use sandbox::docker::image::{self, ImageArchive, ImageFile, Imported};
 use sandbox::docker::spec::{self, ContainerSpec, Restart, Role};
 use sha2::{Digest as _, Sha256};
 
-use docker_support::TestSandbox;
+use test_support::docker::TestSandbox;
 
 /// One member of a tar archive: path, mode, uid, gid, mtime, contents.
 type Member = (String, u32, u64, u64, u64, Vec<u8>);
