@@ -162,23 +162,36 @@ pub fn principal(identity: Identity) -> Principal {
 /// Builds a workspace binary (`cargo build -p <package> --bin <bin>`) and returns its path, so
 /// tests always run the current code.
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    build_binary(package, bin, false)
+}
+
+/// The same in the release profile (what images ship; benchmarks use it).
+pub fn workspace_release_binary(package: &str, bin: &str) -> PathBuf {
+    build_binary(package, bin, true)
+}
+
+fn build_binary(package: &str, bin: &str, release: bool) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "--message-format=json",
+        "-p",
+        package,
+        "--bin",
+        bin,
+    ];
+    if release {
+        args.push("--release");
+    }
     let output = Command::new(cargo)
         .current_dir(crate::workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "--message-format=json",
-            "-p",
-            package,
-            "--bin",
-            bin,
-        ])
+        .args(&args)
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "cargo build -p {package} --bin {bin} failed:\n{}",
+        "cargo {args:?} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout)
