@@ -117,16 +117,18 @@ async fn the_harness_starts_a_server_with_hardened_streams() {
         let info = stream.info().await.unwrap().clone();
         provision::streams::check_stream(&provision::streams::stream_config(&spec), &info.config)
             .unwrap();
-        let consumer = stream
-            .get_consumer::<jetstream::consumer::pull::Config>(spec.consumer)
-            .await
+        for c in &spec.consumers {
+            let consumer = stream
+                .get_consumer::<jetstream::consumer::pull::Config>(&c.name)
+                .await
+                .unwrap();
+            provision::streams::check_consumer(
+                spec.name,
+                &provision::streams::consumer_config(c),
+                &consumer.cached_info().config,
+            )
             .unwrap();
-        provision::streams::check_consumer(
-            spec.name,
-            &provision::streams::consumer_config(&spec),
-            &consumer.cached_info().config,
-        )
-        .unwrap();
+        }
     }
     // Running ensure again is a no-op that still passes every check.
     provision::streams::ensure(&server.admin().await.unwrap())

@@ -547,12 +547,15 @@ async fn sv18_an_agent_cannot_tamper_with_jetstream_and_the_stream_flags_stop_ev
         &audit_stream.info().await.unwrap().config,
     )
     .unwrap();
-    let consumers: Vec<String> = audit_stream
+    let mut consumers: Vec<String> = audit_stream
         .consumer_names()
         .map(|n| n.unwrap())
         .collect()
         .await;
-    assert_eq!(consumers, vec![audit_consumer.to_owned()]);
+    consumers.sort();
+    let mut expected: Vec<String> = spec.consumers.iter().map(|c| c.name.clone()).collect();
+    expected.sort();
+    assert_eq!(consumers, expected, "exactly the provisioned consumers");
 
     // Defence in depth: even the admin, whose ACL allows the whole JetStream API, cannot purge
     // the audit stream or delete a message from it.

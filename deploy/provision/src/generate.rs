@@ -534,6 +534,8 @@ pub fn generate(layout: &Layout, spec: &Spec) -> Result<Summary, ProvisionError>
     let signing = ensure_seed(&layout.token_signing_seed(), &mut tally)?;
     ensure_keyset(layout, &mut tally, &signing)?;
     let checkpoint = ensure_seed(&layout.checkpoint_seed(), &mut tally)?;
+    // A random 256-bit MAC key in the same file format (only its randomness matters).
+    ensure_seed(&layout.decision_key(), &mut tally)?;
     ensure_public(&layout.checkpoint_public(), &mut tally, &checkpoint)?;
 
     let identities_file = IdentitiesFile {
@@ -613,6 +615,7 @@ mod tests {
             700 keys/
             644 keys/checkpoint.pub
             600 keys/checkpoint.seed
+            600 keys/decision-mac.key
             644 keys/keyset.json
             600 keys/token-signing.seed
             700 nats/

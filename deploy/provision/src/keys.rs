@@ -97,6 +97,39 @@ pub fn load_seed(path: &Path) -> Result<SigningKeySeed, ProvisionError> {
     Ok(SigningKeySeed::from_bytes(&bytes))
 }
 
+/// A 256-bit secret key for MACs (the orchestrator's decision-payload key). Same file format as
+/// a seed; redacted `Debug`; wiped on drop.
+pub struct MacKey {
+    bytes: Zeroizing<[u8; 32]>,
+}
+
+impl MacKey {
+    /// The key bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// A key from raw bytes (tests only; real keys come from provisioning).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        MacKey {
+            bytes: Zeroizing::new(bytes),
+        }
+    }
+}
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacKey(<redacted>)")
+    }
+}
+
+/// Loads a MAC key file (refused if group or others can read it).
+pub fn load_mac_key(path: &Path) -> Result<MacKey, ProvisionError> {
+    let text = files::read_secret(path)?;
+    let bytes = parse_hex_line(path, &text, "a 256-bit key")?;
+    Ok(MacKey { bytes })
+}
+
 /// Loads an Ed25519 public key file. Weak (small-order) keys are refused.
 pub fn load_public(path: &Path) -> Result<VerifyingKey, ProvisionError> {
     let text = files::read_public(path)?;
@@ -298,5 +331,24 @@ mod tests {
             load_nkey_seed(&q).unwrap_err().code(),
             "provision_malformed_file"
         );
+    }
+}
+
+#[cfg(test)]
+mod mac_key_tests {
+    use super::*;
+
+    #[test]
+    fn mac_keys_load_privately_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let key = SigningKeySeed::generate().unwrap();
+        crate::files::create_new(&path, key.file_text().as_bytes(), 0o600).unwrap();
+        let mac = load_mac_key(&path).unwrap();
+        assert_eq!(mac.bytes(), &key.signing_key().to_bytes());
+        assert_eq!(format!("{mac:?}"), "MacKey(<redacted>)");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_mac_key(&path).is_err());
     }
 }

@@ -13,6 +13,7 @@
 //!   keys/keyset.json                       the agents' verification keyset (kid 1)
 //!   keys/checkpoint.seed                   audit checkpoint signing seed (0600)
 //!   keys/checkpoint.pub                    its public key
+//!   keys/decision-mac.key                  the orchestrator's key for MAC'd button payloads (0600)
 //!   audit/audit.db                         the audit log (written by audit-writer only)
 //!   audit/witness.notes                    copies of its signed checkpoints
 //! ```
@@ -116,6 +117,10 @@ impl Layout {
     /// The token verification keyset agents load (`protocol::token::KeysetFile`).
     pub fn keyset(&self) -> PathBuf {
         self.keys_dir().join("keyset.json")
+    }
+    /// The orchestrator's MAC key for decision payloads (secret).
+    pub fn decision_key(&self) -> PathBuf {
+        self.keys_dir().join("decision-mac.key")
     }
     /// The audit checkpoint signing seed (secret).
     pub fn checkpoint_seed(&self) -> PathBuf {

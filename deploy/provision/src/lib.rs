@@ -37,6 +37,8 @@ pub use generate::{
     DEFAULT_SERVER_HOSTS, FIRST_KID, IDENTITIES_VERSION, IdentitiesFile, IdentityEntry,
     IdentityKind, Spec, Summary, generate, load_identities, nats_config_from_identities,
 };
-pub use keys::{NkeySeed, SigningKeySeed, load_nkey_seed, load_public, load_seed};
+pub use keys::{
+    MacKey, NkeySeed, SigningKeySeed, load_mac_key, load_nkey_seed, load_public, load_seed,
+};
 pub use layout::Layout;
 pub use nats_config::{Limits, NatsConfig, NatsUser, render_nats_config};

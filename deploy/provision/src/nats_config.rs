@@ -277,6 +277,9 @@ pub fn render_nats_config(c: &NatsConfig) -> String {
     let _ = writeln!(out, "  store_dir: {}", q(&c.store_dir));
     let _ = writeln!(out, "  max_memory_store: {}", l.max_memory_store);
     let _ = writeln!(out, "  max_file_store: {}", l.max_file_store);
+    // Every JetStream write is on disk before its acknowledgement: an acknowledged intent or
+    // audit event survives power loss.
+    out.push_str("  sync_interval: \"always\"\n");
     out.push_str("}\n\n");
 
     let _ = writeln!(out, "system_account: {}\n", q(SYSTEM_ACCOUNT));

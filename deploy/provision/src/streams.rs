@@ -26,7 +26,25 @@ pub const MAX_ACK_PENDING: i64 = 1024;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// One stream and its single durable pull consumer.
+/// One durable pull consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// Its name.
+    pub name: String,
+    /// The subjects it delivers (empty: the whole stream).
+    pub filter_subjects: Vec<String>,
+}
+
+impl ConsumerSpec {
+    fn all(name: &str) -> ConsumerSpec {
+        ConsumerSpec {
+            name: name.to_owned(),
+            filter_subjects: Vec::new(),
+        }
+    }
+}
+
+/// One stream and its durable pull consumers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSpec {
     /// Stream name.
@@ -37,8 +55,8 @@ pub struct StreamSpec {
     pub work_queue: bool,
     /// How long a message is kept at most.
     pub max_age: Duration,
-    /// The durable pull consumer.
-    pub consumer: &'static str,
+    /// The durable pull consumers (on a work queue their filters never overlap).
+    pub consumers: Vec<ConsumerSpec>,
 }
 
 /// The streams, from `protocol::subject::stream`.
@@ -49,21 +67,30 @@ pub fn specs() -> Vec<StreamSpec> {
             subjects: &["audit.>"],
             work_queue: false,
             max_age: 7 * DAY,
-            consumer: names::AUDIT_WRITER_CONSUMER,
+            consumers: vec![
+                ConsumerSpec::all(names::AUDIT_WRITER_CONSUMER),
+                ConsumerSpec::all(names::AUDIT_ANOMALY_CONSUMER),
+            ],
         },
         StreamSpec {
             name: names::CHAT_IN,
             subjects: &["chat.in.>", "chat.decision.>"],
             work_queue: true,
             max_age: DAY,
-            consumer: names::CHAT_IN_CONSUMER,
+            consumers: vec![ConsumerSpec::all(names::CHAT_IN_CONSUMER)],
         },
         StreamSpec {
             name: names::CHAT_OUT,
             subjects: &["chat.out.>", "plan.proposed.>"],
             work_queue: true,
             max_age: DAY,
-            consumer: names::CHAT_OUT_CONSUMER,
+            consumers: names::CHANNELS
+                .iter()
+                .map(|ch| ConsumerSpec {
+                    name: names::chat_out_consumer(ch),
+                    filter_subjects: vec![format!("chat.out.{ch}"), format!("plan.proposed.{ch}")],
+                })
+                .collect(),
         },
     ]
 }
@@ -93,11 +120,12 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
     }
 }
 
-/// The durable pull consumer for a spec: explicit acks, 30 s ack wait, unlimited redelivery,
-/// 1024 pending acks, delivering everything in the stream.
-pub fn consumer_config(spec: &StreamSpec) -> consumer::pull::Config {
+/// A durable pull consumer: explicit acks, 30 s ack wait, unlimited redelivery, 1024 pending
+/// acks, delivering everything its filter selects.
+pub fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(spec.consumer.to_owned()),
+        durable_name: Some(spec.name.clone()),
+        filter_subjects: spec.filter_subjects.clone(),
         deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: ACK_WAIT,
@@ -192,6 +220,12 @@ pub fn check_consumer(
     same(w, "filter_subject", &String::new(), &actual.filter_subject)?;
     same(
         w,
+        "filter_subjects",
+        &expected.filter_subjects,
+        &actual.filter_subjects,
+    )?;
+    same(
+        w,
         "deliver_subject (pull only)",
         &None,
         &actual.deliver_subject,
@@ -219,13 +253,19 @@ pub async fn ensure(admin: &async_nats::Client) -> Result<(), ProvisionError> {
             .get_stream(spec.name)
             .await
             .map_err(|e| js_error(format!("get stream {}", spec.name))(e.into()))?;
-        let wanted_consumer = consumer_config(&spec);
-        let created = stream
-            .create_consumer(wanted_consumer.clone())
-            .await
-            .map_err(|e| js_error(format!("create consumer {}", spec.consumer))(e.into()))?;
-        check_consumer(spec.name, &wanted_consumer, &created.cached_info().config)?;
-        tracing::info!(stream = spec.name, consumer = spec.consumer, "stream ready");
+        for c in &spec.consumers {
+            let wanted_consumer = consumer_config(c);
+            let created = stream
+                .create_consumer(wanted_consumer.clone())
+                .await
+                .map_err(|e| js_error(format!("create consumer {}", c.name))(e.into()))?;
+            check_consumer(spec.name, &wanted_consumer, &created.cached_info().config)?;
+        }
+        tracing::info!(
+            stream = spec.name,
+            consumers = spec.consumers.len(),
+            "stream ready"
+        );
     }
     Ok(())
 }
@@ -238,11 +278,10 @@ mod tests {
     fn the_table_covers_every_stream_and_hardens_each() {
         let out: Vec<String> = specs()
             .iter()
-            .map(|s| {
+            .flat_map(|s| {
                 let c = stream_config(s);
-                let k = consumer_config(s);
-                format!(
-                    "{} {:?} {:?} age={:?} size={} dup={:?} deny_delete={} deny_purge={} rollup={} consumer={:?} ack_wait={:?} max_deliver={} pending={}",
+                let mut lines = vec![format!(
+                    "{} {:?} {:?} age={:?} size={} dup={:?} deny_delete={} deny_purge={} rollup={}",
                     c.name,
                     c.subjects,
                     c.retention,
@@ -252,17 +291,33 @@ mod tests {
                     c.deny_delete,
                     c.deny_purge,
                     c.allow_rollup,
-                    k.durable_name,
-                    k.ack_wait,
-                    k.max_deliver,
-                    k.max_ack_pending
-                )
+                )];
+                for consumer in &s.consumers {
+                    let k = consumer_config(consumer);
+                    lines.push(format!(
+                        "  consumer={:?} filters={:?} ack_wait={:?} max_deliver={} pending={}",
+                        k.durable_name,
+                        k.filter_subjects,
+                        k.ack_wait,
+                        k.max_deliver,
+                        k.max_ack_pending
+                    ));
+                }
+                lines
             })
             .collect();
         expect_test::expect![[r#"
-            AUDIT ["audit.>"] Limits age=604800s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false consumer=Some("audit-writer") ack_wait=30s max_deliver=-1 pending=1024
-            CHAT_IN ["chat.in.>", "chat.decision.>"] WorkQueue age=86400s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false consumer=Some("orchestrator") ack_wait=30s max_deliver=-1 pending=1024
-            CHAT_OUT ["chat.out.>", "plan.proposed.>"] WorkQueue age=86400s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false consumer=Some("gateway") ack_wait=30s max_deliver=-1 pending=1024"#]]
+            AUDIT ["audit.>"] Limits age=604800s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false
+              consumer=Some("audit-writer") filters=[] ack_wait=30s max_deliver=-1 pending=1024
+              consumer=Some("audit-anomaly") filters=[] ack_wait=30s max_deliver=-1 pending=1024
+            CHAT_IN ["chat.in.>", "chat.decision.>"] WorkQueue age=86400s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false
+              consumer=Some("orchestrator") filters=[] ack_wait=30s max_deliver=-1 pending=1024
+            CHAT_OUT ["chat.out.>", "plan.proposed.>"] WorkQueue age=86400s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false
+              consumer=Some("out-terminal") filters=["chat.out.terminal", "plan.proposed.terminal"] ack_wait=30s max_deliver=-1 pending=1024
+              consumer=Some("out-telegram") filters=["chat.out.telegram", "plan.proposed.telegram"] ack_wait=30s max_deliver=-1 pending=1024
+              consumer=Some("out-slack") filters=["chat.out.slack", "plan.proposed.slack"] ack_wait=30s max_deliver=-1 pending=1024
+              consumer=Some("out-imessage") filters=["chat.out.imessage", "plan.proposed.imessage"] ack_wait=30s max_deliver=-1 pending=1024
+              consumer=Some("out-web") filters=["chat.out.web", "plan.proposed.web"] ack_wait=30s max_deliver=-1 pending=1024"#]]
         .assert_eq(&out.join("\n"));
     }
 

@@ -95,6 +95,10 @@ const JS_ADMIN: &[&str] = &[
     "$JS.API.CONSUMER.DELETE.>",
 ];
 
+/// The agent that watches the audit stream and raises alerts. Besides an agent's own subjects it
+/// may read the `AUDIT` stream through its own durable consumer and publish its alerts.
+pub const ANOMALY_AGENT: &str = "audit-anomaly";
+
 /// JetStream API subjects a durable pull consumer's owner needs, and nothing more.
 fn pull_consumer(stream: &str, consumer: &str) -> Vec<String> {
     vec![
@@ -134,7 +138,8 @@ pub fn permissions(id: &Identity) -> Permissions {
         },
         Identity::Gateway => {
             let mut publish = s(&["chat.in.*", "chat.decision.*", "audit.gateway"]);
-            publish.extend(pull_consumer(stream::CHAT_OUT, stream::CHAT_OUT_CONSUMER));
+            // One outbound consumer per channel (`out-<channel>`).
+            publish.extend(pull_consumer(stream::CHAT_OUT, "*"));
             Permissions {
                 publish_allow: publish,
                 publish_deny: s(JS_ADMIN),
@@ -164,6 +169,26 @@ pub fn permissions(id: &Identity) -> Permissions {
             subscribe_deny: Vec::new(),
             allow_responses: None,
         },
+        Identity::Agent(a) if a.as_str() == ANOMALY_AGENT => {
+            let mut publish = vec![
+                format!("audit.{a}"),
+                format!("status.{a}"),
+                format!("alert.{a}"),
+            ];
+            publish.extend(pull_consumer(stream::AUDIT, stream::AUDIT_ANOMALY_CONSUMER));
+            let mut deny = s(&["cmd.>", "_INBOX_orchestrator.>"]);
+            deny.extend(s(JS_ADMIN));
+            Permissions {
+                publish_allow: publish,
+                publish_deny: deny,
+                subscribe_allow: vec![format!("cmd.{a}"), inbox],
+                subscribe_deny: s(&["_INBOX_orchestrator.>", "_INBOX.>"]),
+                allow_responses: Some(Responses {
+                    max: 1,
+                    expires_secs: 60,
+                }),
+            }
+        }
         Identity::Agent(a) => Permissions {
             publish_allow: vec![format!("audit.{a}"), format!("status.{a}")],
             publish_deny: s(&["cmd.>", "$JS.>", "_INBOX_orchestrator.>"]),
@@ -214,14 +239,14 @@ pub fn subjects_table() -> Vec<SubjectRow> {
             body: "ChatOut",
             publishers: "orchestrator",
             receivers: "gateway",
-            transport: "JetStream CHAT_OUT (work queue)",
+            transport: "JetStream CHAT_OUT (work queue, consumer out-<channel>)",
         },
         SubjectRow {
             subject: "plan.proposed.<channel>",
             body: "PlanMessage",
             publishers: "orchestrator",
             receivers: "gateway",
-            transport: "JetStream CHAT_OUT (work queue)",
+            transport: "JetStream CHAT_OUT (work queue, consumer out-<channel>)",
         },
         SubjectRow {
             subject: "cmd.<agent>",
@@ -248,13 +273,13 @@ pub fn subjects_table() -> Vec<SubjectRow> {
             subject: "audit.<principal>",
             body: "AuditEvent",
             publishers: "that principal only",
-            receivers: "audit writer",
+            receivers: "audit writer; the audit-anomaly agent (read-only consumer)",
             transport: "JetStream AUDIT (limits, deny delete/purge, Nats-Msg-Id = event id)",
         },
         SubjectRow {
             subject: "alert.<agent>",
             body: "AlertMessage",
-            publishers: "that agent only (audit-anomaly)",
+            publishers: "the audit-anomaly agent only",
             receivers: "orchestrator",
             transport: "core",
         },
@@ -292,6 +317,7 @@ pub fn permissions_markdown(agent_example: &AgentName) -> String {
         Identity::Monitor,
         Identity::Egress,
         Identity::Agent(agent_example.clone()),
+        Identity::Agent(AgentName::new(ANOMALY_AGENT).unwrap_or_else(|_| agent_example.clone())),
     ];
     let mut out = String::from(
         "| identity | may publish | may not publish | may subscribe | may not subscribe | replies |\n|---|---|---|---|---|---|\n",
@@ -359,6 +385,7 @@ mod tests {
             Identity::Monitor,
             Identity::Egress,
             Identity::Agent(AgentName::new("hue").unwrap()),
+            Identity::Agent(AgentName::new(ANOMALY_AGENT).unwrap()),
         ];
         for id in ids {
             let p = permissions(&id);

@@ -135,10 +135,19 @@ pub mod stream {
     pub const CHAT_IN: &str = "CHAT_IN";
     /// The orchestrator's durable pull consumer on [`CHAT_IN`].
     pub const CHAT_IN_CONSUMER: &str = "orchestrator";
-    /// Outbound chat (`chat.out.>`, `plan.proposed.>`), work queue for the gateway.
+    /// Outbound chat (`chat.out.>`, `plan.proposed.>`), work queue with one consumer per
+    /// channel (see [`chat_out_consumer`]).
     pub const CHAT_OUT: &str = "CHAT_OUT";
-    /// The gateway's durable pull consumer on [`CHAT_OUT`].
-    pub const CHAT_OUT_CONSUMER: &str = "gateway";
+    /// The audit-anomaly agent's durable pull consumer on [`AUDIT`] (read-only watching).
+    pub const AUDIT_ANOMALY_CONSUMER: &str = "audit-anomaly";
+    /// The chat channels that have an outbound consumer.
+    pub const CHANNELS: &[&str] = &["terminal", "telegram", "slack", "imessage", "web"];
+
+    /// The durable pull consumer on [`CHAT_OUT`] for one channel: `out-<channel>`, filtered to
+    /// `chat.out.<channel>` and `plan.proposed.<channel>`.
+    pub fn chat_out_consumer(channel: &str) -> String {
+        format!("out-{channel}")
+    }
 }
 
 #[cfg(test)]
