@@ -8,4 +8,6 @@
 //! and it never writes the audit database (only the `audit` crate does).
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod mint;
+pub mod plan;

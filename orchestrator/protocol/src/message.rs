@@ -781,6 +781,82 @@ pub enum AuditEvent {
         /// Version.
         version: String,
     },
+    /// The planner answered in words, with no action.
+    AnswerSent {
+        /// Which planner.
+        planner: String,
+    },
+    /// An approval ran out before anyone decided.
+    ApprovalExpired {
+        /// Approval.
+        approval_id: ApprovalId,
+        /// Plan.
+        plan_id: PlanId,
+    },
+    /// A plan finished (or was found interrupted after a restart).
+    PlanFinished {
+        /// Plan.
+        plan_id: PlanId,
+        /// `done`, `failed`, `partly_done` or `outcome_unknown`.
+        outcome: String,
+    },
+    /// The daily summary was sent.
+    SummarySent {
+        /// The local day it covers (`YYYY-MM-DD`).
+        day: String,
+        /// Sent late, after downtime.
+        caught_up: bool,
+    },
+    /// The user decided on an alert.
+    AlertDecided {
+        /// The alert (its event id).
+        alert: MessageId,
+        /// `quarantine` or `dismiss`.
+        decision: String,
+        /// Who.
+        by: ChatUser,
+    },
+    /// An agent was quarantined: its container stopped and its tokens refused.
+    AgentQuarantined {
+        /// The agent.
+        agent: AgentName,
+        /// The alert that led to it, if any.
+        alert: Option<MessageId>,
+    },
+    /// An agent was released from quarantine.
+    AgentReleased {
+        /// The agent.
+        agent: AgentName,
+        /// Who released it.
+        by: String,
+    },
+    /// nats-server reported an authentication or permission error.
+    NatsViolation {
+        /// The principal, if the server named a known identity.
+        principal: Option<Principal>,
+        /// `publish`, `subscribe` or `authentication`.
+        kind: String,
+        /// The subject (publish/subscribe) or the reason (authentication).
+        subject: String,
+    },
+    /// The sandbox restarted an agent (crash or memory limit).
+    AgentRestarted {
+        /// The agent.
+        agent: AgentName,
+        /// Restarts so far.
+        restart_count: u32,
+        /// Killed by the memory limit.
+        oom_killed: bool,
+    },
+    /// An agent runs a different image than it did.
+    ImageDigestChanged {
+        /// The agent.
+        agent: AgentName,
+        /// Before.
+        previous: String,
+        /// Now.
+        current: String,
+    },
 }
 
 impl Body for AuditEvent {
@@ -808,6 +884,24 @@ impl Body for AuditEvent {
             }
             AuditEvent::AlertRaised { alert } => alert.check(),
             AuditEvent::ServiceStarted { version } => check_text("version", version, 64),
+            AuditEvent::AnswerSent { planner } => check_text("planner", planner, 128),
+            AuditEvent::PlanFinished { outcome, .. } => check_text("outcome", outcome, 32),
+            AuditEvent::SummarySent { day, .. } => check_text("day", day, 10),
+            AuditEvent::AlertDecided { decision, .. } => check_text("decision", decision, 16),
+            AuditEvent::AgentReleased { by, .. } => check_text("by", by, 128),
+            AuditEvent::NatsViolation { kind, subject, .. } => {
+                check_text("kind", kind, 16)?;
+                check_text("subject", subject, 256)
+            }
+            AuditEvent::ImageDigestChanged {
+                previous, current, ..
+            } => {
+                check_text("previous", previous, 80)?;
+                check_text("current", current, 80)
+            }
+            AuditEvent::ApprovalExpired { .. }
+            | AuditEvent::AgentQuarantined { .. }
+            | AuditEvent::AgentRestarted { .. } => Ok(()),
             AuditEvent::StepIntent { jti, .. }
             | AuditEvent::TokenIssued { jti, .. }
             | AuditEvent::CommandExecuted { jti, .. } => check_text("jti", jti, 64),
@@ -840,6 +934,16 @@ impl AuditEvent {
             AuditEvent::EgressRefused { .. } => "egress_refused",
             AuditEvent::AlertRaised { .. } => "alert_raised",
             AuditEvent::ServiceStarted { .. } => "service_started",
+            AuditEvent::AnswerSent { .. } => "answer_sent",
+            AuditEvent::ApprovalExpired { .. } => "approval_expired",
+            AuditEvent::PlanFinished { .. } => "plan_finished",
+            AuditEvent::SummarySent { .. } => "summary_sent",
+            AuditEvent::AlertDecided { .. } => "alert_decided",
+            AuditEvent::AgentQuarantined { .. } => "agent_quarantined",
+            AuditEvent::AgentReleased { .. } => "agent_released",
+            AuditEvent::NatsViolation { .. } => "nats_violation",
+            AuditEvent::AgentRestarted { .. } => "agent_restarted",
+            AuditEvent::ImageDigestChanged { .. } => "image_digest_changed",
         }
     }
 }
