@@ -13,7 +13,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use protocol::AgentName;
+use protocol::{AgentName, ChatUser};
+
+mod chat;
+mod doctor;
+
+/// Prints a line to standard output (the CLI's one output path).
+pub(crate) fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
 
 /// Exit code for bad usage or configuration (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -51,6 +62,22 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Check the installation: secrets, sandbox backend, NATS, agents and their isolation, the
+    /// audit log.
+    Doctor {
+        /// The NATS URL (default: the one `bot up` wrote to <home>/run/nats.url).
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
+    /// Chat with the assistant from this terminal (the `terminal` channel).
+    Chat {
+        /// Your terminal user id (you are `terminal:<id>`; it must be one of the owners).
+        #[arg(long = "as", env = "BOT_CHAT_USER")]
+        user: Option<String>,
+        /// The NATS URL (default: the one `bot up` wrote to <home>/run/nats.url).
+        #[arg(long)]
+        nats_url: Option<String>,
     },
 }
 
@@ -96,6 +123,104 @@ fn main() -> ExitCode {
                     checkpoint_key,
                 },
         } => audit_verify(&layout, db, witness, checkpoint_key),
+        Command::Chat { user, nats_url } => chat_command(&layout, user, nats_url),
+        Command::Doctor { nats_url } => doctor_command(&layout, nats_url),
+    }
+}
+
+/// Where `bot up` records the NATS URL for `bot chat`.
+fn nats_url_file(layout: &provision::Layout) -> PathBuf {
+    layout.root().join("run/nats.url")
+}
+
+fn doctor_command(layout: &provision::Layout, nats_url: Option<String>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error[runtime]: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = nats_url.or_else(|| {
+        std::fs::read_to_string(nats_url_file(layout))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    });
+    let findings = runtime.block_on(async {
+        let mut f = doctor::check_secrets(layout);
+        f.push(doctor::check_docker().await);
+        match &url {
+            Some(url) => f.extend(doctor::check_agents(layout, url).await),
+            None => f.push(doctor::Finding {
+                level: doctor::Level::Warn,
+                check: "nats".to_owned(),
+                detail: "not running (no <home>/run/nats.url): start `bot up`".to_owned(),
+            }),
+        }
+        f.push(doctor::check_audit(layout));
+        f
+    });
+    if doctor::print(&findings) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn chat_command(
+    layout: &provision::Layout,
+    user: Option<String>,
+    nats_url: Option<String>,
+) -> ExitCode {
+    let id = user
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "me".to_owned());
+    let user = match ChatUser::new(format!("{}:{id}", chat::CHANNEL)) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error[{}]: terminal user {id:?}: {e}", e.code());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let url = match nats_url.or_else(|| {
+        std::fs::read_to_string(nats_url_file(layout))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }) {
+        Some(u) => u,
+        None => {
+            eprintln!(
+                "error[chat_not_running]: no NATS URL: start `bot up` first (or pass --nats-url)"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error[runtime]: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = runtime.block_on(async {
+        let client =
+            provision::client::connect(&url, layout, &protocol::Principal::gateway()).await?;
+        chat::run(client, user).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error[chat_failed]: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod deployment;
 pub mod docker;
 pub mod process;
+pub mod service;
 
 pub use deployment::{
     AgentDeployment, AgentStatus, Backend, Limits, RunState, SandboxError, SecretFile,

@@ -22,7 +22,8 @@
 )]
 
 pub mod docker;
-pub mod fake_hue;
+/// The Hue bridge double (crate `hue-sim`).
+pub use hue_sim as fake_hue;
 
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpListener};

@@ -1,7 +1,9 @@
-//! A Philips Hue bridge double speaking CLIP API v2 over HTTPS.
+//! A Philips Hue bridge double speaking CLIP API v2 over HTTPS: the test double the Hue agent is
+//! tested against, and the simulated bridge `bot up --simulate-hue` runs for a first try without
+//! hardware.
 //!
 //! What it does: [`FakeBridge::start`] serves the real resource dump in
-//! `tests/fixtures/hue/v2_resources.json` (aiohue's fixture, see `tests/fixtures/SOURCES.md`)
+//! `agents/hue-sim/fixtures/v2_resources.json` (aiohue's fixture, see `tests/fixtures/SOURCES.md`)
 //! the way a real bridge and the openhue OpenAPI spec describe it:
 //! - HTTPS only, with a certificate chain like a real bridge's: a private root and a leaf whose
 //!   common name is the bridge id (lowercase hex), with no name a client could check, so clients
@@ -27,6 +29,7 @@
 //! What it does not do: PUT on other resource types (405: not modelled), POST and DELETE
 //! (405), the event stream, v1 (`/api`), and fields of the PUT bodies beyond those above (they
 //! are accepted when the spec lists them, and ignored).
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -51,7 +54,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 /// The real bridge's resource dump (aiohue's `v2_resources.json`, the bare `data` array).
-pub const FIXTURE: &str = include_str!("../../fixtures/hue/v2_resources.json");
+pub const FIXTURE: &str = include_str!("../fixtures/v2_resources.json");
 
 /// The header carrying the application key.
 pub const KEY_HEADER: &str = "hue-application-key";
