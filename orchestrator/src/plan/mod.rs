@@ -3,6 +3,16 @@
 //! A [`Plan`] is fixed once proposed: its hash ([`Plan::hash`]) binds the approval and every
 //! capability token, and nothing an agent returns can add, remove or change a step.
 
+pub mod llm;
+pub mod planners;
+pub mod routine;
+pub mod validate;
+
+pub use llm::{AnswerFormat, LlmComposer, LlmConfig, LlmPlanner, LlmSetupError, SummarySource};
+pub use planners::{Planners, PlannersError};
+pub use routine::{RoutineLoadError, RoutineMatch, RoutinePlanner};
+pub use validate::{DraftPlan, DraftStep, MAX_STEPS, Violation, ViolationKind, validate};
+
 use protocol::message::{Digest, Effect, ErrorCode};
 use protocol::{ActionName, AgentName, ChatUser, UnixMillis};
 use serde::{Deserialize, Serialize};
