@@ -19,7 +19,13 @@ use protocol::AgentName;
 use protocol::manifest::{CheckedManifest, ManifestError};
 
 /// The embedded manifest files: (file stem, contents). One entry per file in `manifests/`.
-const SOURCES: &[(&str, &str)] = &[("hue", include_str!("../manifests/hue.json"))];
+const SOURCES: &[(&str, &str)] = &[
+    ("hue", include_str!("../manifests/hue.json")),
+    (
+        "audit-anomaly",
+        include_str!("../manifests/audit-anomaly.json"),
+    ),
+];
 
 /// Why an embedded manifest was left out of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

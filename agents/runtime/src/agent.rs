@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 
+use audit::emit::AuditEmitter;
 use protocol::deploy::AgentConfig;
 use protocol::manifest::CheckedManifest;
 use protocol::message::{ErrorCode, Outcome};
@@ -37,6 +38,58 @@ pub trait Agent: Sized + Send + Sync + 'static {
         action: &ActionName,
         args: &serde_json::Value,
     ) -> impl Future<Output = Result<Outcome, ActionError>> + Send;
+
+    /// Work the agent does besides answering commands (for example, watching a stream).
+    /// Default: none.
+    ///
+    /// The runtime calls this once, after the agent subscribed to its commands and sent its
+    /// first heartbeat, and polls the future beside the command loop. `Ok(())` ends only the
+    /// background work; an error stops the agent (exit code 1), so its supervisor restarts it.
+    /// When shutdown is requested, `ctx.shutdown` completes: the work should then finish
+    /// promptly; it is dropped if it is still running after the shutdown grace period.
+    fn background(
+        &self,
+        _ctx: BackgroundContext,
+    ) -> Option<impl Future<Output = Result<(), AgentError>> + Send> {
+        None::<std::future::Ready<Result<(), AgentError>>>
+    }
+}
+
+/// What an agent's background work is given (see [`Agent::background`]).
+#[derive(Debug, Clone)]
+pub struct BackgroundContext {
+    /// The agent's name.
+    pub name: AgentName,
+    /// The agent's own NATS connection: its permissions bound what the work can do.
+    pub client: async_nats::Client,
+    /// Publishes audit events as the agent (to `audit.<agent>`).
+    pub audit: AuditEmitter,
+    /// Its writable data directory.
+    pub data_dir: PathBuf,
+    /// Completes when the agent is asked to shut down.
+    pub shutdown: ShutdownSignal,
+}
+
+/// Tells background work that the agent is shutting down.
+#[derive(Debug, Clone)]
+pub struct ShutdownSignal(tokio::sync::watch::Receiver<bool>);
+
+impl ShutdownSignal {
+    /// A signal and the switch that raises it (`send(true)`).
+    pub fn channel() -> (tokio::sync::watch::Sender<bool>, ShutdownSignal) {
+        let (switch, signal) = tokio::sync::watch::channel(false);
+        (switch, ShutdownSignal(signal))
+    }
+
+    /// Completes once shutdown was requested (also if the switch is gone).
+    pub async fn requested(&mut self) {
+        let _gone = self.0.wait_for(|requested| *requested).await;
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
 }
 
 /// What an agent is given when it is built.
@@ -115,7 +168,7 @@ impl fmt::Display for ActionError {
 
 impl std::error::Error for ActionError {}
 
-/// Why an agent could not be built from its settings.
+/// Why an agent could not be built from its settings, or why its background work stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct AgentError {

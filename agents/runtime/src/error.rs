@@ -117,6 +117,9 @@ pub enum RuntimeError {
     /// The command subscription ended (the connection was closed).
     #[error("the command subscription ended")]
     SubscriptionClosed,
+    /// The agent's background work failed ([`crate::Agent::background`]).
+    #[error("the agent's background work failed: {0}")]
+    Background(#[source] AgentError),
 }
 
 impl RuntimeError {
@@ -127,6 +130,7 @@ impl RuntimeError {
             RuntimeError::Subscribe(_) => "runtime_subscribe_failed",
             RuntimeError::Flush(_) => "runtime_flush_failed",
             RuntimeError::SubscriptionClosed => "runtime_subscription_closed",
+            RuntimeError::Background(e) => e.code(),
         }
     }
 

@@ -15,7 +15,9 @@
 //!   the arguments against the schema, then the handler under the action's timeout. Audit
 //!   events (`command_received`, `command_rejected`, `command_executed`, `command_failed`,
 //!   `service_started`) go to `audit.<agent>` with a bounded wait for their acknowledgement;
-//!   heartbeats go to `status.<agent>`; concurrency is bounded; shutdown drains.
+//!   heartbeats go to `status.<agent>`; concurrency is bounded; shutdown drains. An agent's
+//!   optional background work ([`Agent::background`], e.g. watching a stream) runs beside the
+//!   command loop with the agent's own connection and stops with it.
 //! - [`replay`] is the persistent store of seen token nonces that makes every capability token
 //!   single-use, even across restarts; [`screen`] is the pure core of request handling.
 //!
@@ -35,7 +37,7 @@ pub mod serve;
 use protocol::TokenError;
 use protocol::token::{Claims, Expected, Keyset};
 
-pub use agent::{ActionError, Agent, AgentContext, AgentError};
+pub use agent::{ActionError, Agent, AgentContext, AgentError, BackgroundContext, ShutdownSignal};
 pub use entry::main;
 pub use error::{EXIT_CONFIG, RuntimeError, StartError};
 pub use protocol::message::Outcome;

@@ -31,7 +31,7 @@ use provision::Layout;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentError, BackgroundContext, ShutdownSignal};
 use crate::error::{RuntimeError, StartError};
 use crate::heartbeat;
 use crate::replay::ReplayStore;
@@ -477,8 +477,9 @@ async fn reap<A: Agent>(
     }
 }
 
-/// Serves commands until `shutdown` completes (then drains and returns `Ok`) or the
-/// subscription ends (then returns [`RuntimeError::SubscriptionClosed`] after draining).
+/// Serves commands until `shutdown` completes (then drains and returns `Ok`), the subscription
+/// ends (then returns [`RuntimeError::SubscriptionClosed`] after draining) or the agent's
+/// background work fails (then returns [`RuntimeError::Background`] after draining).
 pub async fn serve<A: Agent>(
     config: AgentConfig,
     agent: A,
@@ -534,21 +535,45 @@ pub async fn serve<A: Agent>(
     let shutdown = shutdown.fuse();
     tokio::pin!(shutdown);
 
-    let subscription_ended = loop {
+    // The agent's background work, if any, is polled beside the command loop.
+    let (stop_background, shutdown_signal) = ShutdownSignal::channel();
+    let background = shared.agent.background(BackgroundContext {
+        name: config.name.clone(),
+        client: client.clone(),
+        audit: shared.audit.clone(),
+        data_dir: std::path::PathBuf::from(&config.data_dir),
+        shutdown: shutdown_signal,
+    });
+    let mut background_running = background.is_some();
+    let background = futures::future::OptionFuture::from(background);
+    tokio::pin!(background);
+
+    let end = loop {
         tokio::select! {
             biased;
-            () = &mut shutdown => break false,
+            () = &mut shutdown => break LoopEnd::Shutdown,
+            Some(result) = &mut background, if background_running => {
+                background_running = false;
+                match result {
+                    Ok(()) => tracing::info!("background work finished"),
+                    Err(e) => {
+                        tracing::error!(code = e.code(), error = %e, "background work failed");
+                        break LoopEnd::Background(e);
+                    }
+                }
+            }
             Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                 reap(&shared, &mut slots, joined).await;
             }
             _ = ticker.tick() => shared.heartbeat(A::VERSION, started_at, &config).await,
             next = next_command(&permits, &mut commands) => match next {
                 Some((permit, message)) => spawn(&shared, &mut tasks, &mut slots, permit, message),
-                None => break true,
+                None => break LoopEnd::SubscriptionClosed,
             },
         }
     };
     tracing::info!(in_flight = tasks.len(), "no longer taking commands");
+    let _receivers_gone = stop_background.send(true);
 
     // Commands received but not started are refused, so each still gets its one reply.
     if let Err(e) = commands.drain().await {
@@ -602,6 +627,16 @@ pub async fn serve<A: Agent>(
             }
         }
     }
+    // Background work gets its own grace period to finish after the shutdown signal.
+    if background_running {
+        match tokio::time::timeout(grace, &mut background).await {
+            Ok(Some(Err(e))) => {
+                tracing::warn!(code = e.code(), error = %e, "background work failed while stopping");
+            }
+            Ok(_finished) => {}
+            Err(_elapsed) => tracing::warn!("background work still running after the grace period"),
+        }
+    }
     shared.heartbeat(A::VERSION, started_at, &config).await;
     match tokio::time::timeout(FLUSH_BOUND, client.flush()).await {
         Ok(Ok(())) => {}
@@ -612,9 +647,19 @@ pub async fn serve<A: Agent>(
         handled = shared.handled.load(Ordering::Relaxed),
         "agent stopped"
     );
-    if subscription_ended {
-        Err(RuntimeError::SubscriptionClosed)
-    } else {
-        Ok(())
+    match end {
+        LoopEnd::Shutdown => Ok(()),
+        LoopEnd::SubscriptionClosed => Err(RuntimeError::SubscriptionClosed),
+        LoopEnd::Background(e) => Err(RuntimeError::Background(e)),
     }
+}
+
+/// Why the command loop ended.
+enum LoopEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The command subscription ended.
+    SubscriptionClosed,
+    /// The background work failed.
+    Background(AgentError),
 }
