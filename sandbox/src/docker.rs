@@ -392,6 +392,65 @@ impl DockerSandbox {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
+    /// Stops everything this instance runs, gracefully (SIGTERM and each container's stop
+    /// timeout: agents drain, NATS flushes), agents first, then the egress proxy, then NATS;
+    /// removes the containers and networks; and KEEPS the volumes (JetStream data, the agents'
+    /// replay stores) and the state directory for the next start. `bot up` calls this on Ctrl-C.
+    pub async fn shutdown(&self) -> Result<(), SandboxError> {
+        let _lifecycle = self.inner.lifecycle.lock().await;
+        let filter = self.inner.settings.instance.filter();
+        let containers = self
+            .inner
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_error("list containers"))?;
+        let role = |c: &bollard::models::ContainerSummary| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_ROLE))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let rank = |r: &str| match r {
+            "agent" => 0,
+            "egress" => 1,
+            "nats" => 3,
+            _ => 2,
+        };
+        let mut ordered: Vec<(u8, String)> = containers
+            .iter()
+            .filter_map(|c| c.id.clone().map(|id| (rank(&role(c)), id)))
+            .collect();
+        ordered.sort();
+        for (_, id) in ordered {
+            self.remove_container(&id).await?;
+        }
+        let networks = self
+            .inner
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_error("list networks"))?;
+        for n in networks {
+            if let Some(name) = n.name {
+                network::remove(&self.inner.docker, &name).await?;
+            }
+        }
+        *self.inner.state.lock().await = State::default();
+        tracing::info!(instance = %self.inner.settings.instance, "sandbox stopped (volumes kept)");
+        Ok(())
+    }
+
     /// Removes everything labelled with this instance (containers, networks, volumes) and the
     /// directories it wrote under the state directory. Images stay (shared caches).
     pub async fn teardown(&self) -> Result<(), SandboxError> {

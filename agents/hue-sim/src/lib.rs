@@ -30,6 +30,9 @@
 //! (405), the event stream, v1 (`/api`), and fields of the PUT bodies beyond those above (they
 //! are accepted when the spec lists them, and ignored).
 #![forbid(unsafe_code)]
+// Indexing here is `serde_json::Value` indexing (a missing key or index yields `Null`, it never
+// panics) and positions found in the same locked state a line earlier.
+#![allow(clippy::indexing_slicing)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -55,6 +58,24 @@ use tokio_rustls::rustls;
 
 /// The real bridge's resource dump (aiohue's `v2_resources.json`, the bare `data` array).
 pub const FIXTURE: &str = include_str!("../fixtures/v2_resources.json");
+
+/// The simulated bridge's rooms for the routines' room roles: the fixture's living room,
+/// kitchen and bedroom (by their archetypes; the real bridge the fixture comes from named its
+/// rooms "Room 1" to "Room 11").
+pub const ROOM_ALIASES: &[(&str, &str)] = &[
+    ("living", "Room 11"),
+    ("kitchen", "Room 1"),
+    ("bedroom", "Room 9"),
+    ("hallway", "Room 10"),
+];
+
+/// [`ROOM_ALIASES`] as the map the orchestrator's configuration takes.
+pub fn room_aliases() -> std::collections::BTreeMap<String, String> {
+    ROOM_ALIASES
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
 
 /// The header carrying the application key.
 pub const KEY_HEADER: &str = "hue-application-key";
@@ -154,7 +175,9 @@ const SCENE_PUT: &[&str] = &[
 
 /// The fixture's resources.
 pub fn fixture() -> Vec<Value> {
-    serde_json::from_str(FIXTURE).expect("the Hue fixture is a JSON array")
+    // The fixture is compiled in and checked by this crate's tests; an unreadable one would be
+    // an empty bridge, not a crash.
+    serde_json::from_str(FIXTURE).unwrap_or_default()
 }
 
 /// The fixture plus, like a real bridge has, a `grouped_light` service for every room and zone
@@ -168,7 +191,9 @@ pub fn fixture_with_room_groups() -> Vec<Value> {
             continue;
         }
         let owner_id = r["id"].as_str().unwrap_or_default().to_owned();
-        let services = r["services"].as_array_mut().expect("rooms list services");
+        let Some(services) = r["services"].as_array_mut() else {
+            continue;
+        };
         if services.iter().any(|s| s["rtype"] == "grouped_light") {
             continue;
         }
@@ -411,7 +436,9 @@ impl FakeBridge {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("fake bridge state")
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every light's state, in resource order.
@@ -561,7 +588,12 @@ fn envelope(status: StatusCode, errors: &[String], data: Vec<Value>) -> Response
         .status(status)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
-        .expect("a valid response")
+        // A constant status and header cannot be refused; fall back to an empty 500.
+        .unwrap_or_else(|_builder_error| {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        })
 }
 
 async fn handle(req: Request<Incoming>, state: &Mutex<State>, key: &str) -> Response<Full<Bytes>> {
@@ -575,7 +607,9 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, key: &str) -> Resp
         Ok(b) => b.to_bytes(),
         Err(_too_large) => Bytes::new(),
     };
-    let mut s = state.lock().expect("fake bridge state");
+    let mut s = state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (status, errors, data, parsed) =
         s.respond(&method, &path, authorized, &body, Instant::now());
     s.requests.push(RecordedRequest {

@@ -654,6 +654,18 @@ pub enum AuditEvent {
         /// The steps.
         steps: Vec<StepDigest>,
     },
+    /// A plan that only reads started at once, without asking: the approval policy lets
+    /// read-only plans run (its tokens carry the read-only-by-policy binding).
+    PlanStarted {
+        /// Plan.
+        plan_id: PlanId,
+        /// Who asked.
+        requested_by: ChatUser,
+        /// Which planner made it (`routine:<name>` or `llm:<model>`).
+        planner: String,
+        /// The steps.
+        steps: Vec<StepDigest>,
+    },
     /// A plan was refused before anyone saw it (validation failed).
     PlanRefused {
         /// Which planner.
@@ -871,6 +883,10 @@ impl Body for AuditEvent {
                 check_text("planner", planner, 128)?;
                 check_len("steps", steps, MAX_PLAN_STEPS)
             }
+            AuditEvent::PlanStarted { planner, steps, .. } => {
+                check_text("planner", planner, 128)?;
+                check_len("steps", steps, MAX_PLAN_STEPS)
+            }
             AuditEvent::PlanRefused {
                 planner, detail, ..
             } => {
@@ -921,6 +937,7 @@ impl AuditEvent {
             AuditEvent::MessageReceived { .. } => "message_received",
             AuditEvent::SenderRejected { .. } => "sender_rejected",
             AuditEvent::PlanProposed { .. } => "plan_proposed",
+            AuditEvent::PlanStarted { .. } => "plan_started",
             AuditEvent::PlanRefused { .. } => "plan_refused",
             AuditEvent::ApprovalDecided { .. } => "approval_decided",
             AuditEvent::DecisionRefused { .. } => "decision_refused",

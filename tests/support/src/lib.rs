@@ -22,6 +22,7 @@
 )]
 
 pub mod docker;
+pub mod fake_llm;
 /// The Hue bridge double (crate `hue-sim`).
 pub use hue_sim as fake_hue;
 
