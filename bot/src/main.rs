@@ -1,8 +1,10 @@
 //! `bot`: the command a user runs.
 //!
-//! Today: `bot init` generates every identity, key, certificate and the NATS configuration
-//! under the bot's home directory, and `bot audit verify` checks the audit log's hash chain and
-//! signed checkpoints. `up`, `chat`, `pair` and `doctor` arrive with later issues.
+//! `bot init` generates every identity, key, certificate, the NATS configuration and a default
+//! `config.toml` under the bot's home directory; `bot up` runs everything (NATS, the audit
+//! writer, the agents in the sandbox, the orchestrator) until Ctrl-C; `bot chat` is the
+//! terminal chat channel; `bot doctor` checks an installation; `bot audit verify` checks the
+//! audit log's hash chain and signed checkpoints.
 //!
 //! What it does not do: it never prints key material, and it never writes the audit log.
 #![forbid(unsafe_code)]
@@ -16,7 +18,9 @@ use clap::{Parser, Subcommand};
 use protocol::{AgentName, ChatUser};
 
 mod chat;
+mod config;
 mod doctor;
+mod up;
 
 /// Prints a line to standard output (the CLI's one output path).
 pub(crate) fn say(text: &str) {
@@ -57,6 +61,23 @@ enum Command {
         /// Where nats-server will listen.
         #[arg(long, default_value = "127.0.0.1:4222")]
         listen: SocketAddr,
+    },
+    /// Run the assistant: NATS, the audit writer, the agents in the sandbox and the
+    /// orchestrator, until Ctrl-C (generates keys and a default config.toml on first run).
+    Up {
+        /// Run a simulated Hue bridge (a real bridge's resource dump) for the Hue agent.
+        #[arg(long)]
+        simulate_hue: bool,
+        /// Where agent-hue, agent-audit-anomaly, audit-writer and egress-proxy are (default:
+        /// next to bot).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// The sandbox backend (overrides [bot] backend).
+        #[arg(long, value_parser = ["auto", "docker", "process"])]
+        backend: Option<String>,
+        /// NATS's port on 127.0.0.1 (overrides [bot] nats_port; 0: any free port).
+        #[arg(long)]
+        nats_port: Option<u16>,
     },
     /// The audit log.
     Audit {
@@ -123,14 +144,95 @@ fn main() -> ExitCode {
                     checkpoint_key,
                 },
         } => audit_verify(&layout, db, witness, checkpoint_key),
+        Command::Up {
+            simulate_hue,
+            bin_dir,
+            backend,
+            nats_port,
+        } => up_command(
+            &layout,
+            up::UpOptions {
+                simulate_hue,
+                bin_dir,
+                backend: backend.as_deref().map(|b| match b {
+                    "docker" => config::BackendChoice::Docker,
+                    "process" => config::BackendChoice::Process,
+                    _ => config::BackendChoice::Auto,
+                }),
+                nats_port,
+            },
+        ),
         Command::Chat { user, nats_url } => chat_command(&layout, user, nats_url),
         Command::Doctor { nats_url } => doctor_command(&layout, nats_url),
     }
 }
 
 /// Where `bot up` records the NATS URL for `bot chat`.
-fn nats_url_file(layout: &provision::Layout) -> PathBuf {
+pub(crate) fn nats_url_file(layout: &provision::Layout) -> PathBuf {
     layout.root().join("run/nats.url")
+}
+
+fn up_command(layout: &provision::Layout, options: up::UpOptions) -> ExitCode {
+    if let Err(e) = init_logging(layout) {
+        eprintln!("error[log_open]: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error[runtime]: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    say(&format!(
+        "bot up: home {} (logs in {})",
+        layout.root().display(),
+        layout.root().join("logs").display()
+    ));
+    match runtime.block_on(up::run(layout, options, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error[up_failed]: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Tracing of everything running in this process (orchestrator, sandbox) to
+/// `<home>/logs/bot.log`; standard output stays for progress lines.
+fn init_logging(layout: &provision::Layout) -> std::io::Result<()> {
+    ensure_home(layout)?;
+    let dir = layout.root().join("logs");
+    std::fs::create_dir_all(&dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("bot.log"))?;
+    tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_no_filter| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_no_handler) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn doctor_command(layout: &provision::Layout, nats_url: Option<String>) -> ExitCode {
@@ -246,6 +348,14 @@ fn init(
     match provision::generate(layout, &spec) {
         Ok(summary) => {
             println!("home: {}", layout.root().display());
+            match write_default_config(layout) {
+                Ok(Some(path)) => println!("  created  {}", path.display()),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("error[config_write]: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             for f in &summary.created {
                 println!("  created  {f}");
             }
@@ -264,6 +374,45 @@ fn init(
             eprintln!("error[{}]: {e}", e.code());
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+/// Where the bot's configuration lives.
+pub(crate) fn config_path(layout: &provision::Layout) -> PathBuf {
+    layout.root().join("config.toml")
+}
+
+/// Creates the home private (0700) if it does not exist; an existing one is checked by
+/// provisioning.
+fn ensure_home(layout: &provision::Layout) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(layout.root())
+}
+
+/// Writes `<home>/config.toml` with the terminal user as owner unless it exists.
+pub(crate) fn write_default_config(layout: &provision::Layout) -> std::io::Result<Option<PathBuf>> {
+    use std::io::Write as _;
+    ensure_home(layout)?;
+    let path = config_path(layout);
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| ChatUser::new(format!("{}:{u}", chat::CHANNEL)).is_ok())
+        .unwrap_or_else(|| "me".to_owned());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            f.write_all(config::default_file(&user).as_bytes())?;
+            f.sync_all()?;
+            Ok(Some(path))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

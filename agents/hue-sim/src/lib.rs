@@ -63,7 +63,7 @@ pub const FIXTURE: &str = include_str!("../fixtures/v2_resources.json");
 /// kitchen and bedroom (by their archetypes; the real bridge the fixture comes from named its
 /// rooms "Room 1" to "Room 11").
 pub const ROOM_ALIASES: &[(&str, &str)] = &[
-    ("living", "Room 11"),
+    ("living", LIVING_ROOM),
     ("kitchen", "Room 1"),
     ("bedroom", "Room 9"),
     ("hallway", "Room 10"),
@@ -183,7 +183,43 @@ pub fn fixture() -> Vec<Value> {
 /// The fixture plus, like a real bridge has, a `grouped_light` service for every room and zone
 /// that has none (ids derived from the room's id, so they are stable across runs).
 pub fn fixture_with_room_groups() -> Vec<Value> {
+    with_room_groups(fixture())
+}
+
+/// The home `bot up --simulate-hue` serves: the fixture, with the devices of the lights that
+/// no room holds (Lights 1, 4 and 5) placed in `Room 11` (the routines' living room, which
+/// holds only a switch in the dump), and the rooms' `grouped_light` services. Every room a
+/// routine touches then has lights to show the effect on.
+pub fn demo_home() -> Vec<Value> {
     let mut resources = fixture();
+    let in_rooms: std::collections::BTreeSet<String> = resources
+        .iter()
+        .filter(|r| r["type"] == "room")
+        .flat_map(|r| r["children"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["rid"].as_str().map(str::to_owned))
+        .collect();
+    let roomless: Vec<String> = resources
+        .iter()
+        .filter(|r| r["type"] == "light")
+        .filter_map(|l| l["owner"]["rid"].as_str().map(str::to_owned))
+        .filter(|device| !in_rooms.contains(device))
+        .collect();
+    if let Some(living) = resources
+        .iter_mut()
+        .find(|r| r["type"] == "room" && r["metadata"]["name"] == LIVING_ROOM)
+        && let Some(children) = living["children"].as_array_mut()
+    {
+        for device in roomless {
+            children.push(json!({"rid": device, "rtype": "device"}));
+        }
+    }
+    with_room_groups(resources)
+}
+
+/// The dump's room the routines use as the living room.
+const LIVING_ROOM: &str = "Room 11";
+
+fn with_room_groups(mut resources: Vec<Value>) -> Vec<Value> {
     let mut added = Vec::new();
     for r in resources.iter_mut() {
         let rtype = r["type"].as_str().unwrap_or_default().to_owned();
@@ -1066,5 +1102,53 @@ fn apply_light(light: &mut Value, change: &Value) {
         }
         light["color_temperature"]["mirek"] = json!(m);
         light["color_temperature"]["mirek_valid"] = json!(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// The lights of a room: room → devices → light services.
+    fn lights_in(resources: &[Value], room: &str) -> Vec<String> {
+        let by_id = |id: &str| resources.iter().find(|r| r["id"] == id);
+        let room = resources
+            .iter()
+            .find(|r| r["type"] == "room" && r["metadata"]["name"] == room)
+            .unwrap();
+        let mut names: Vec<String> = room["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| by_id(c["rid"].as_str().unwrap()))
+            .flat_map(|d| d["services"].as_array().cloned().unwrap_or_default())
+            .filter(|s| s["rtype"] == "light")
+            .map(|s| {
+                by_id(s["rid"].as_str().unwrap()).unwrap()["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_demo_home_gives_the_living_room_the_roomless_lights_and_changes_nothing_else() {
+        let dump = fixture_with_room_groups();
+        let demo = demo_home();
+        assert!(lights_in(&dump, LIVING_ROOM).is_empty());
+        assert_eq!(
+            lights_in(&demo, LIVING_ROOM),
+            ["Light 1", "Light 4", "Light 5"]
+        );
+        for room in ["Room 1", "Room 9", "Room 10"] {
+            assert_eq!(lights_in(&demo, room), lights_in(&dump, room), "{room}");
+        }
+        assert_eq!(demo.len(), dump.len());
+        // Still a state the bridge double accepts whole.
+        assert_eq!(State::new(demo.clone()).resources.len(), demo.len());
     }
 }
