@@ -227,4 +227,42 @@ mod tests {
         std::fs::write(&path, "[orchestrator]\nowners = []\n[extra]\n").unwrap();
         assert!(BotConfig::load(&path).is_err());
     }
+
+    /// The ```toml blocks of a README section.
+    fn toml_blocks(section: &str) -> Vec<String> {
+        let readme = include_str!("../../README.md");
+        let start = readme.find(section).unwrap();
+        let rest = &readme[start + section.len()..];
+        let rest = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+        rest.split("```toml\n")
+            .skip(1)
+            .map(|b| b[..b.find("```").unwrap()].to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_configuration_examples_are_valid() {
+        let blocks = toml_blocks("## Configuration");
+        assert_eq!(blocks.len(), 1);
+        let config: BotConfig = toml::from_str(&blocks[0]).unwrap();
+        assert_eq!(config.bot.instance, "assistant");
+        assert_eq!(config.hue.as_ref().unwrap().request_timeout_ms, 4000);
+        assert!(config.has_routine_rooms());
+        let text = config
+            .orchestrator_toml("tls://127.0.0.1:4222", Path::new("/h"), &["hue".to_owned()])
+            .unwrap();
+        let checked = orchestrator::config::Config::from_toml(&text).unwrap();
+        assert!(checked.summary.is_some());
+        assert_eq!(checked.routine_rooms["kitchen"], "Kitchen");
+
+        let llm = toml_blocks("## Connect an LLM");
+        assert_eq!(llm.len(), 1);
+        let with_llm = format!("{}\n{}", blocks[0], llm[0]);
+        let config: BotConfig = toml::from_str(&with_llm).unwrap();
+        let text = config
+            .orchestrator_toml("tls://127.0.0.1:4222", Path::new("/h"), &["hue".to_owned()])
+            .unwrap();
+        let checked = orchestrator::config::Config::from_toml(&text).unwrap();
+        assert_eq!(checked.llm.unwrap().model, "llama3.1");
+    }
 }

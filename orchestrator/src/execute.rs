@@ -555,34 +555,31 @@ impl Executor {
             jti: jti_hex,
             exp: minted.claims.exp,
         };
-        // `token_issued` is published first and recorded `dispatched` meanwhile; the request
-        // leaves only after both are durable.
-        let pending =
-            publish_audit(&self.inner.js, record.correlation_id, issued, self.now()).await;
-        self.store(|s| {
-            s.set_step(
-                plan_id,
-                idx,
-                StepState::Dispatched,
-                StepUpdate::default(),
-                self.now(),
-            )
-        })?;
-        let acked = match pending {
-            Ok(ack) => ack.await.map(|_ack| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
+        // `token_issued` is queued on the connection ahead of the request (so the stream holds
+        // it before anything the agent emits); its acknowledgement is awaited after the request
+        // is on its way. The intent, durable above, already names the token's jti: a lost
+        // `token_issued` costs a duplicate record, never an unaudited action.
+        let token_ack = match publish_audit(
+            &self.inner.js,
+            record.correlation_id,
+            issued,
+            self.now(),
+        )
+        .await
+        {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::error!(plan = %plan_id, step = idx, error = %e, "token_issued not published; the request is not sent");
+                return Ok(StepEnd::refused(
+                    StepState::Failed,
+                    "audit_unavailable",
+                    "failed",
+                ));
+            }
         };
-        if let Err(e) = acked {
-            tracing::error!(plan = %plan_id, step = idx, error = %e, "token_issued not acknowledged; the request is not sent");
-            return Ok(StepEnd::refused(
-                StepState::Failed,
-                "audit_unavailable",
-                "failed",
-            ));
-        }
 
-        // 3. The request.
-        tracing::debug!(plan = %plan_id, step = idx, "token durable; dispatching");
+        // 3. The request, with `dispatched` recorded while it travels.
+        tracing::debug!(plan = %plan_id, step = idx, "dispatching");
         let request = Envelope::new(
             MessageId::random(),
             record.correlation_id,
@@ -608,16 +605,32 @@ impl Executor {
             }
         };
         let timeout = Duration::from_millis(u64::from(spec.timeout_ms)) + REPLY_MARGIN;
-        let reply = self
-            .inner
-            .client
-            .send_request(
-                Subject::command(&step.agent).to_string(),
-                async_nats::Request::new()
-                    .payload(payload.into())
-                    .timeout(Some(timeout)),
-            )
-            .await;
+        let request = self.inner.client.send_request(
+            Subject::command(&step.agent).to_string(),
+            async_nats::Request::new()
+                .payload(payload.into())
+                .timeout(Some(timeout)),
+        );
+        let dispatched = async {
+            self.store(|s| {
+                s.set_step(
+                    plan_id,
+                    idx,
+                    StepState::Dispatched,
+                    StepUpdate::default(),
+                    self.now(),
+                )
+            })
+        };
+        // The request is polled first: it leaves before the state write's fsync.
+        let (reply, dispatched) = tokio::join!(request, dispatched);
+        if let Err(e) = dispatched {
+            // The intent row already makes a restart report this step as in doubt.
+            tracing::error!(plan = %plan_id, step = idx, error = %e, "dispatch not recorded");
+        }
+        if let Err(e) = token_ack.await {
+            tracing::error!(plan = %plan_id, step = idx, error = %e, "token_issued not acknowledged by the audit stream");
+        }
         if self.inner.fault == Some(Fault::AbortAfterDispatch) {
             tracing::error!("test hook: aborting after the agent answered");
             std::process::abort();

@@ -285,7 +285,22 @@ impl<A: Agent> Shared<A> {
                 plan_id: Some(k.invocation.plan_id),
                 step: Some(k.invocation.step),
             };
-            self.audit(Some(k.correlation_id), event).await;
+            // Queued ahead of everything this command causes (so the stream orders it first),
+            // acknowledged in the background: the token check and the action do not wait for it.
+            let pending = self.audit.send(k.correlation_id, event).await;
+            tokio::spawn(async move {
+                match tokio::time::timeout(AUDIT_BOUND, pending.acknowledged()).await {
+                    Ok(Ok(_id)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(kind = "command_received", code = e.code(), error = %e, "audit event not recorded");
+                    }
+                    Err(_elapsed) => tracing::warn!(
+                        kind = "command_received",
+                        code = "audit_publish_timeout",
+                        "audit event not acknowledged in time"
+                    ),
+                }
+            });
         }
         let screened = match screened {
             Ok(s) => s,

@@ -116,6 +116,37 @@ impl AuditEmitter {
         self.emit_envelope(&envelope).await
     }
 
+    /// Queues one event on the connection and returns at once; [`PendingEvent::acknowledged`]
+    /// waits for the stream's acknowledgement (retrying with the same id like `emit`). For
+    /// records that must be ordered before what follows on this connection but need not be
+    /// durable before the caller goes on (an agent's `command_received`, say).
+    pub async fn send(&self, correlation_id: CorrelationId, event: AuditEvent) -> PendingEvent {
+        let envelope = Envelope::new(
+            MessageId::random(),
+            correlation_id,
+            self.principal.clone(),
+            UnixMillis::now(),
+            event,
+        );
+        let first = match envelope.encode() {
+            Ok(payload) => {
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(bytes::Bytes::from(payload))
+                    .message_id(envelope.id.to_string());
+                self.js
+                    .send_publish(self.subject.as_str().to_owned(), publish)
+                    .await
+                    .ok()
+            }
+            Err(_unencodable) => None,
+        };
+        PendingEvent {
+            emitter: self.clone(),
+            envelope,
+            first,
+        }
+    }
+
     /// Publishes a prepared envelope (its id is the `Nats-Msg-Id`); `emit` in two steps, for
     /// callers that need the id before publishing.
     pub async fn emit_envelope(
@@ -154,5 +185,31 @@ impl AuditEmitter {
                 }
             }
         }
+    }
+}
+
+/// An event [`AuditEmitter::send`] queued, awaiting its acknowledgement.
+#[derive(Debug)]
+pub struct PendingEvent {
+    emitter: AuditEmitter,
+    envelope: Envelope<AuditEvent>,
+    first: Option<jetstream::context::PublishAckFuture>,
+}
+
+impl PendingEvent {
+    /// The event's id (its id in the audit log).
+    pub fn id(&self) -> MessageId {
+        self.envelope.id
+    }
+
+    /// Waits for the stream's acknowledgement; a first publish that failed or was not
+    /// acknowledged is retried with the same id (the stream deduplicates).
+    pub async fn acknowledged(self) -> Result<MessageId, EmitError> {
+        if let Some(ack) = self.first
+            && ack.await.is_ok()
+        {
+            return Ok(self.envelope.id);
+        }
+        self.emitter.emit_envelope(&self.envelope).await
     }
 }

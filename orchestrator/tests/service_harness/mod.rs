@@ -207,6 +207,8 @@ pub struct World {
     gateway_js: jetstream::Context,
     admin_js: jetstream::Context,
     outs: Arc<Mutex<Vec<Out>>>,
+    /// Woken whenever an outbound message arrives (waits need not poll slowly).
+    arrived: Arc<tokio::sync::Notify>,
     out_task: JoinHandle<()>,
     agent_stop: Option<oneshot::Sender<()>>,
     agent_task: Option<JoinHandle<()>>,
@@ -246,6 +248,8 @@ impl World {
             .unwrap();
         let mut messages = consumer.messages().await.unwrap();
         let sink = Arc::clone(&outs);
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let wake = Arc::clone(&arrived);
         let out_task = tokio::spawn(async move {
             while let Some(Ok(m)) = messages.next().await {
                 let out = if m.subject.as_str().starts_with("plan.proposed.") {
@@ -259,6 +263,7 @@ impl World {
                     }
                 };
                 sink.lock().unwrap().push(out);
+                wake.notify_waiters();
                 m.ack().await.unwrap();
             }
         });
@@ -269,6 +274,7 @@ impl World {
             gateway_js,
             admin_js,
             outs,
+            arrived,
             out_task,
             agent_stop: None,
             agent_task: None,
@@ -546,6 +552,9 @@ require = "{require}"
     pub async fn wait_out(&self, what: &str, pred: impl Fn(&Out) -> bool) -> Out {
         let deadline = Instant::now() + WAIT;
         loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             if let Some(o) = self.outs().into_iter().find(|o| pred(o)) {
                 return o;
             }
@@ -554,7 +563,7 @@ require = "{require}"
                 "no outbound message: {what}; got {:#?}",
                 self.outs()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(20), arrived).await;
         }
     }
 
@@ -562,6 +571,9 @@ require = "{require}"
     pub async fn wait_card(&self, nth: usize) -> PlanProposal {
         let deadline = Instant::now() + WAIT;
         loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             let cards: Vec<PlanProposal> = self
                 .outs()
                 .iter()
@@ -575,7 +587,7 @@ require = "{require}"
                 "no card #{nth}; got {:#?}",
                 self.outs()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(20), arrived).await;
         }
     }
 
