@@ -99,9 +99,11 @@ fn printable(s: &str) -> String {
 /// Runs the chat until end of input. `user` is the terminal user's id (`terminal:<id>`).
 pub(crate) async fn run(client: async_nats::Client, user: ChatUser) -> anyhow::Result<()> {
     let channel = ChannelName::new(CHANNEL)?;
+    // The terminal user's private chat, like a chat app's direct chat: its id is the user's
+    // id, which is also where alerts and the summary go by default.
     let chat = ChatRef {
         channel: channel.clone(),
-        chat_id: PlatformRef::new(CHANNEL).map_err(anyhow::Error::msg)?,
+        chat_id: PlatformRef::new(user.platform_id()).map_err(anyhow::Error::msg)?,
     };
     let js = async_nats::jetstream::new(client.clone());
     let consumer: async_nats::jetstream::consumer::PullConsumer = js

@@ -184,7 +184,7 @@ require = "change"    # "change": actions that change something need approval; "
 # [orchestrator.summary]
 # cron = "0 0 8 * * *"          # seconds first: 08:00:00 every day
 # timezone = "Europe/London"
-# to = {{ user = "terminal:{user}", chat_id = "terminal" }}
+# to = {{ user = "terminal:{user}", chat_id = "{user}" }}
 "#
     )
 }

@@ -20,6 +20,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use protocol::manifest::HostPort;
+use protocol::message::{AgentReply, AgentRequest, Invocation};
+use protocol::{ActionName, CorrelationId, Envelope, MessageId, PlanId, Principal, UnixMillis};
 use serde_json::Value;
 use test_support::docker::{TestSandbox, workspace_binary};
 
@@ -251,9 +253,6 @@ async fn start_bedtime_from_the_terminal_chat_end_to_end() {
     }
     assert!(all.contains("Approved by terminal:tester"), "{all}");
     assert!(!all.contains('✗'), "{all}");
-    drop(chat.child.stdin.take());
-    let status = chat.child.wait().unwrap();
-    assert!(status.success(), "bot chat: {status:?}");
 
     // The bridge really changed: kitchen off, bedroom at 10 %, living room at 20 %.
     let after = bridge_resources(&home).await;
@@ -272,6 +271,75 @@ async fn start_bedtime_from_the_terminal_chat_end_to_end() {
             }
         }
     }
+
+    // An attack on the Hue agent: three commands with forged tokens, sent with the
+    // orchestrator's own identity. The agent refuses each; the audit-anomaly agent in its
+    // container raises an alert; the owner quarantines the agent from the chat; the sandbox
+    // stops its container.
+    let url = std::fs::read_to_string(home.join("run/nats.url")).unwrap();
+    let layout = provision::Layout::new(&home);
+    let intruder = provision::client::connect(url.trim(), &layout, &Principal::orchestrator())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let request = Envelope::new(
+            MessageId::random(),
+            CorrelationId::random(),
+            Principal::orchestrator(),
+            UnixMillis::now(),
+            AgentRequest::Invoke(Invocation {
+                plan_id: PlanId::random(),
+                step: 0,
+                action: ActionName::new("room.set").unwrap(),
+                args: serde_json::json!({"room": "Room 1", "on": true}),
+                token: "AAAA".to_owned(),
+            }),
+        );
+        let reply = intruder
+            .request("cmd.hue", request.encode().unwrap().into())
+            .await
+            .unwrap();
+        let reply = Envelope::<AgentReply>::decode(&reply.payload).unwrap();
+        assert!(
+            matches!(reply.body, AgentReply::Rejected(_)),
+            "{:?}",
+            reply.body
+        );
+    }
+    chat.until("the alert", STEP, |l| l.contains("Quarantine agent"));
+    let alert = chat.seen.join("\n");
+    assert!(alert.contains("hue"), "{alert}");
+    let choice = chat
+        .seen
+        .last()
+        .unwrap()
+        .split("   ")
+        .find(|b| b.contains("Quarantine agent"))
+        .and_then(|b| b.strip_prefix('['))
+        .and_then(|b| b.split(']').next())
+        .unwrap()
+        .to_owned();
+    writeln!(chat.stdin(), "{choice}").unwrap();
+    chat.until("the quarantine", STEP, |l| l.starts_with("Quarantined hue"));
+    let last = chat.seen.last().unwrap().clone();
+    assert!(last.contains("its container is stopped"), "{last}");
+    let container = t
+        .instance()
+        .agent_container(&protocol::AgentName::new("hue").unwrap());
+    match t.client().inspect_container(&container, None).await {
+        Ok(c) => assert_ne!(
+            c.state.and_then(|s| s.running),
+            Some(true),
+            "{container} still running"
+        ),
+        Err(_gone) => {}
+    }
+    // And the lights were not touched by the forged commands.
+    let untouched = bridge_resources(&home).await;
+    assert!(!lights_of(&untouched, "Room 1").iter().any(is_on));
+    drop(chat.child.stdin.take());
+    let status = chat.child.wait().unwrap();
+    assert!(status.success(), "bot chat: {status:?}");
 
     // Ctrl-C: everything stops, in order, and says so.
     nix::sys::signal::kill(
