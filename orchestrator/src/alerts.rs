@@ -1,7 +1,8 @@
 //! Alerts and quarantine.
 //!
-//! An alert arrives on `alert.<agent>` (core NATS; only the audit-anomaly agent may publish
-//! there, and its envelope must name it as the sender). It is stored once (by its message id),
+//! An alert arrives on `alert.<agent>` through the `ALERTS` stream (durable: it waits while the
+//! orchestrator is down; only the audit-anomaly agent may publish there, and its envelope must
+//! name it as the sender). It is stored once (by its message id),
 //! audited (`alert_raised`, as the orchestrator saw it) and shown to the owner named by
 //! `alerts_to` with **Quarantine agent** / **Dismiss** buttons (MAC'd payloads bound to the
 //! alert's digest, that chat and that user).
@@ -48,25 +49,26 @@ fn buttons(shared: &Shared, alert: &AlertRecord, choices: &[(Choice, &str)]) -> 
         .collect()
 }
 
-/// Handles one message from `alert.*`.
-pub(crate) async fn on_alert(shared: &Shared, message: async_nats::Message) {
+/// Handles one message from the `ALERTS` stream. False: it could not be stored, so it should
+/// come again; true: handled (or refused for good).
+pub(crate) async fn on_alert(shared: &Shared, message: &async_nats::Message) -> bool {
     let Some(Route::Alert(publisher)) = Subject::route(message.subject.as_str()) else {
-        return;
+        return true;
     };
     if publisher.as_str() != ANOMALY_AGENT {
         tracing::warn!(%publisher, "alert from an agent that may not raise alerts ignored");
-        return;
+        return true;
     }
     let envelope = match Envelope::<AlertMessage>::decode(&message.payload) {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(code = e.code(), error = %e, "undecodable alert ignored");
-            return;
+            return true;
         }
     };
     if envelope.sender != Principal::from(&publisher) {
         tracing::warn!(sender = %envelope.sender, "alert whose sender is not its publisher ignored");
-        return;
+        return true;
     }
     let AlertMessage::Raised(alert) = envelope.body;
     let agent = alert
@@ -86,17 +88,26 @@ pub(crate) async fn on_alert(shared: &Shared, message: async_nats::Message) {
         raised_at: shared.now(),
         decided_by: None,
     };
-    match shared.store(|s| s.insert_alert(&record)) {
-        Ok(true) => {}
-        Ok(false) => return,
+    let fresh = match shared.store(|s| s.insert_alert(&record)) {
+        Ok(fresh) => fresh,
         Err(e) => {
             tracing::error!(error = %e, "alert not stored");
-            return;
+            return false;
         }
+    };
+    if !fresh {
+        // Seen before: only a redelivery after a crash between storing and acknowledging
+        // gets here. Its post goes again (the outbox de-duplicates by key within its window);
+        // a decided alert is left alone.
+        match shared.store(|s| s.alert(record.id)) {
+            Ok(Some(stored)) if stored.state == AlertState::Open => {}
+            _ => return true,
+        }
+    } else {
+        let _ = shared
+            .audit(record.correlation_id, AuditEvent::AlertRaised { alert })
+            .await;
     }
-    let _ = shared
-        .audit(record.correlation_id, AuditEvent::AlertRaised { alert })
-        .await;
     let quarantined = match &agent {
         Some(a) => shared.store(|s| s.is_quarantined(a)).unwrap_or(false),
         None => false,
@@ -115,6 +126,7 @@ pub(crate) async fn on_alert(shared: &Shared, message: async_nats::Message) {
     let _ = shared
         .send(record.correlation_id, ChatOut::Post(out), key)
         .await;
+    true
 }
 
 /// Handles a press of an alert's button (quarantine, dismiss, release).

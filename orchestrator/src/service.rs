@@ -2,7 +2,7 @@
 //!
 //! [`run`] opens the state database, loads the decision MAC key and the token signing key,
 //! binds the `CHAT_IN` consumer (`orchestrator`; it never creates one), subscribes to
-//! `status.*` (agent heartbeats) and `alert.*` (the audit-anomaly agent's alerts), publishes
+//! `status.*` (agent heartbeats) and the `ALERTS` stream (the audit-anomaly agent's alerts), publishes
 //! `service_started`, recovers what a previous run left unfinished, and then loops until
 //! `shutdown`:
 //!
@@ -13,7 +13,8 @@
 //!   the correlation id (`plan_refused`). Anyone else: `sender_rejected`, no reply.
 //! - `chat.decision.<channel>`: a button (MAC'd payload) or a typed short code → the approval
 //!   state machine, or the alert flow (quarantine, dismiss, release).
-//! - `alert.*`: stored, audited, shown to the owner with Quarantine / Dismiss buttons.
+//! - `ALERTS` (`alert.*`, durable): stored, audited, shown to the owner with Quarantine /
+//!   Dismiss buttons, then acknowledged.
 //! - a periodic tick: expired approvals, and the daily summary when it is due.
 //!
 //! A chat message is acknowledged only after its effects are durable (stored and published);
@@ -422,17 +423,13 @@ pub async fn run<P: Planner + 'static>(
     let minter = load_minter(&deps.layout)?;
     let js = jetstream::new(deps.client.clone());
     let audit = AuditEmitter::new(js.clone(), Principal::orchestrator());
-    let consumer = bind_chat_consumer(&js).await?;
+    let consumer = bind_consumer(&js, stream::CHAT_IN, stream::CHAT_IN_CONSUMER).await?;
     let mut statuses = deps
         .client
         .subscribe("status.*")
         .await
         .map_err(ServiceError::Subscribe)?;
-    let mut alert_sub = deps
-        .client
-        .subscribe("alert.*")
-        .await
-        .map_err(ServiceError::Subscribe)?;
+    let alerts_consumer = bind_consumer(&js, stream::ALERTS, stream::ALERTS_CONSUMER).await?;
     let catalog = config.catalog();
     let executor = Executor::new(ExecutorParts {
         client: deps.client.clone(),
@@ -523,6 +520,16 @@ pub async fn run<P: Planner + 'static>(
         .messages()
         .await
         .map_err(|e| ServiceError::Consumer(e.to_string()))?;
+    // Alerts wait in their stream while the orchestrator is down; each is acknowledged once
+    // handled (stored, audited, posted), so a crash in between redelivers it.
+    let mut alert_messages = alerts_consumer
+        .stream()
+        .max_messages_per_batch(16)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_millis(2500))
+        .messages()
+        .await
+        .map_err(|e| ServiceError::Consumer(e.to_string()))?;
     let mut tick = tokio::time::interval(tuning.tick.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!("orchestrator ready");
@@ -564,10 +571,25 @@ pub async fn run<P: Planner + 'static>(
                     handle_chat(&shared, &*planner, message, tuning.progress).await;
                 });
             }
-            Some(m) = alert_sub.next() => {
-                let shared = Arc::clone(&shared);
-                tasks.spawn(async move { alerts::on_alert(&shared, m).await });
-            }
+            Some(next) = alert_messages.next() => match next {
+                Ok(m) => {
+                    let shared = Arc::clone(&shared);
+                    tasks.spawn(async move {
+                        let acked = if alerts::on_alert(&shared, &m).await {
+                            m.ack().await
+                        } else {
+                            m.ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1)))).await
+                        };
+                        if let Err(e) = acked {
+                            tracing::warn!(error = %e, "alert not acknowledged; it will come again");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "alert pull stream reported an error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
             Some(m) = statuses.next() => on_status(&shared, &m),
             _ = tick.tick() => {
                 let shared_tick = Arc::clone(&shared);
@@ -589,6 +611,7 @@ pub async fn run<P: Planner + 'static>(
     };
     tracing::info!(in_flight = tasks.len(), "orchestrator stopping; draining");
     drop(messages);
+    drop(alert_messages);
     let drained = tokio::time::timeout(tuning.drain, async {
         while let Some(done) = tasks.join_next().await {
             if let Err(e) = done {
@@ -608,17 +631,17 @@ pub async fn run<P: Planner + 'static>(
     result
 }
 
-async fn bind_chat_consumer(
+async fn bind_consumer(
     js: &jetstream::Context,
+    stream_name: &str,
+    consumer: &str,
 ) -> Result<jetstream::consumer::PullConsumer, ServiceError> {
-    let chat_in = js
-        .get_stream(stream::CHAT_IN)
+    js.get_stream(stream_name)
         .await
-        .map_err(|e| ServiceError::Consumer(e.to_string()))?;
-    chat_in
-        .get_consumer(stream::CHAT_IN_CONSUMER)
+        .map_err(|e| ServiceError::Consumer(format!("{stream_name}: {e}")))?
+        .get_consumer(consumer)
         .await
-        .map_err(|e| ServiceError::Consumer(e.to_string()))
+        .map_err(|e| ServiceError::Consumer(format!("{stream_name}/{consumer}: {e}")))
 }
 
 /// Starts a plan's execution as a task; at most `max_executions` run at once, the others wait

@@ -262,6 +262,47 @@ async fn an_alert_is_shown_with_buttons_and_dismissed_once() {
     w.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_alert_raised_while_the_orchestrator_is_down_is_shown_when_it_is_back() {
+    let mut w = World::start().await;
+    // Nobody is consuming: the alert waits in the ALERTS stream.
+    let id = w
+        .raise_alert(protocol::message::Alert {
+            rule: ErrorCode::from_static("token_rejections"),
+            severity: Severity::Critical,
+            subject: Some(Principal::new("hue").unwrap()),
+            summary: "hue refused 3 commands for token problems".to_owned(),
+            evidence: Vec::new(),
+        })
+        .await;
+    w.start_orchestrator(World::routines(), Options::default())
+        .await;
+    w.wait_out(
+        "the alert after the start",
+        |o| matches!(o, Out::Post(m) if m.key == format!("alert-{id}")),
+    )
+    .await;
+    w.wait_audit("alert_raised", is("alert_raised")).await;
+    // Shown and recorded once, and acknowledged: a restart does not bring it back.
+    w.stop_orchestrator().await;
+    w.start_orchestrator(World::routines(), Options::default())
+        .await;
+    w.say("what can you do").await;
+    w.wait_out(
+        "an answer after the restart",
+        |o| matches!(o, Out::Post(m) if !m.key.starts_with("alert-")),
+    )
+    .await;
+    let posts = w
+        .outs()
+        .iter()
+        .filter(|o| matches!(o, Out::Post(m) if m.key == format!("alert-{id}")))
+        .count();
+    assert_eq!(posts, 1);
+    assert_eq!(w.count_audit(is("alert_raised")).await, 1);
+    w.shutdown().await;
+}
+
 #[test]
 fn the_binary_exits_64_on_a_bad_configuration() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,8 @@
 //!    stream stored it as `now` (server time, not the sender's claim);
 //! 2. if it raised alerts, they get fresh ids and are saved as pending *before* they are sent,
 //!    then each is audited (`alert_raised`, event id = the alert's id; JetStream acknowledges it)
-//!    and published on `alert.<agent>` as `AlertMessage::Raised` with the same envelope id;
+//!    and published on `alert.<agent>` (the `ALERTS` stream) as `AlertMessage::Raised` with the
+//!    same envelope id;
 //! 3. at the end of the batch the state (engine, last sequence, recent alerts) is saved and
 //!    only then every message of the batch is acknowledged.
 //!
@@ -312,7 +313,7 @@ impl Watcher {
 }
 
 /// Audits one alert (`alert_raised`, acknowledged by JetStream), then publishes it on
-/// `alert.<agent>` with the same id.
+/// `alert.<agent>` (the `ALERTS` stream, acknowledged) with the same id.
 async fn send(
     ctx: &BackgroundContext,
     me: &Principal,
@@ -340,11 +341,18 @@ async fn send(
     );
     let bytes = message.encode().map_err(|e| e.to_string())?;
     let subject = alert_subject(&ctx.name);
-    ctx.client
-        .publish(subject, Bytes::from(bytes))
+    // Into the ALERTS stream, de-duplicated by the alert's id (a retry after a lost ack is
+    // stored once), acknowledged before the alert counts as sent.
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(Bytes::from(bytes))
+        .message_id(recorded.id.to_string());
+    async_nats::jetstream::new(ctx.client.clone())
+        .send_publish(subject, publish)
         .await
-        .map_err(|e| e.to_string())?;
-    ctx.client.flush().await.map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?
+        .await
+        .map(|_ack| ())
+        .map_err(|e| e.to_string())
 }
 
 fn alert_subject(name: &AgentName) -> String {

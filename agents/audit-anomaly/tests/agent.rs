@@ -69,7 +69,7 @@ struct Harness {
     data: tempfile::TempDir,
     orch: async_nats::Client,
     orch_errors: ServerErrors,
-    alerts: async_nats::Subscriber,
+    alerts: test_support::AlertFeed,
     barriers: u32,
 }
 
@@ -80,7 +80,7 @@ impl Harness {
             .connect_watching(&Identity::Orchestrator.principal())
             .await
             .unwrap();
-        let alerts = orch.subscribe("alert.audit-anomaly").await.unwrap();
+        let alerts = test_support::alert_feed(&orch).await.unwrap();
         orch_errors.sync(&orch).await.unwrap();
         Harness {
             server,
@@ -145,7 +145,9 @@ impl Harness {
         let m = tokio::time::timeout(WAIT, self.alerts.next())
             .await
             .expect("an alert in time")
+            .unwrap()
             .unwrap();
+        m.ack().await.unwrap();
         Envelope::<AlertMessage>::decode(&m.payload).unwrap()
     }
 
@@ -601,7 +603,9 @@ async fn the_agent_identity_may_do_nothing_else() {
     let got = tokio::time::timeout(WAIT, h.alerts.next())
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
+    got.ack().await.unwrap();
     assert_eq!(&got.payload[..], b"x");
 }
 

@@ -35,6 +35,17 @@ async fn next<T: protocol::envelope::Body>(sub: &mut async_nats::Subscriber) -> 
     Envelope::<T>::decode(&m.payload).unwrap()
 }
 
+/// The next alert from the ALERTS stream (acknowledged, as the orchestrator does).
+async fn next_alert(alerts: &mut test_support::AlertFeed) -> Envelope<AlertMessage> {
+    let m = tokio::time::timeout(WAIT, alerts.next())
+        .await
+        .expect("an alert in time")
+        .unwrap()
+        .unwrap();
+    m.ack().await.unwrap();
+    Envelope::<AlertMessage>::decode(&m.payload).unwrap()
+}
+
 #[tokio::test]
 async fn the_agent_runs_in_its_container_and_raises_alerts() {
     let t = TestSandbox::new().await;
@@ -54,7 +65,7 @@ async fn the_agent_runs_in_its_container_and_raises_alerts() {
         .subscribe("status.audit-anomaly")
         .await
         .unwrap();
-    let mut alerts = orchestrator.subscribe("alert.audit-anomaly").await.unwrap();
+    let mut alerts = test_support::alert_feed(&orchestrator).await.unwrap();
     orchestrator.flush().await.unwrap();
 
     let binary = workspace_binary("audit-anomaly", "agent-audit-anomaly");
@@ -76,7 +87,7 @@ async fn the_agent_runs_in_its_container_and_raises_alerts() {
         )
         .await
         .unwrap();
-    let alert = next::<AlertMessage>(&mut alerts).await;
+    let alert = next_alert(&mut alerts).await;
     let AlertMessage::Raised(a) = &alert.body;
     assert_eq!(a.rule.as_str(), "token_forged");
     assert_eq!(a.subject, Some(p("hue")));
@@ -101,7 +112,7 @@ async fn the_agent_runs_in_its_container_and_raises_alerts() {
     )
     .await
     .unwrap();
-    let alert = next::<AlertMessage>(&mut alerts).await;
+    let alert = next_alert(&mut alerts).await;
     let AlertMessage::Raised(a) = &alert.body;
     assert_eq!(a.rule.as_str(), "image_digest_changed", "{a:?}");
     assert_eq!(a.evidence, vec![digest]);

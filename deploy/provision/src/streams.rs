@@ -80,6 +80,13 @@ pub fn specs() -> Vec<StreamSpec> {
             consumers: vec![ConsumerSpec::all(names::CHAT_IN_CONSUMER)],
         },
         StreamSpec {
+            name: names::ALERTS,
+            subjects: &["alert.>"],
+            work_queue: true,
+            max_age: 7 * DAY,
+            consumers: vec![ConsumerSpec::all(names::ALERTS_CONSUMER)],
+        },
+        StreamSpec {
             name: names::CHAT_OUT,
             subjects: &["chat.out.>", "plan.proposed.>"],
             work_queue: true,
@@ -312,6 +319,8 @@ mod tests {
               consumer=Some("audit-anomaly") filters=[] ack_wait=30s max_deliver=-1 pending=1024
             CHAT_IN ["chat.in.>", "chat.decision.>"] WorkQueue age=86400s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false
               consumer=Some("orchestrator") filters=[] ack_wait=30s max_deliver=-1 pending=1024
+            ALERTS ["alert.>"] WorkQueue age=604800s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false
+              consumer=Some("orchestrator-alerts") filters=[] ack_wait=30s max_deliver=-1 pending=1024
             CHAT_OUT ["chat.out.>", "plan.proposed.>"] WorkQueue age=86400s size=65536 dup=120s deny_delete=true deny_purge=true rollup=false
               consumer=Some("out-terminal") filters=["chat.out.terminal", "plan.proposed.terminal"] ack_wait=30s max_deliver=-1 pending=1024
               consumer=Some("out-telegram") filters=["chat.out.telegram", "plan.proposed.telegram"] ack_wait=30s max_deliver=-1 pending=1024

@@ -121,10 +121,11 @@ pub fn permissions(id: &Identity) -> Permissions {
                 "audit.orchestrator",
             ]);
             publish.extend(pull_consumer(stream::CHAT_IN, stream::CHAT_IN_CONSUMER));
+            publish.extend(pull_consumer(stream::ALERTS, stream::ALERTS_CONSUMER));
             Permissions {
                 publish_allow: publish,
                 publish_deny: s(JS_ADMIN),
-                subscribe_allow: vec![inbox, "status.*".to_owned(), "alert.*".to_owned()],
+                subscribe_allow: vec![inbox, "status.*".to_owned()],
                 subscribe_deny: Vec::new(),
                 allow_responses: None,
             }
@@ -280,8 +281,8 @@ pub fn subjects_table() -> Vec<SubjectRow> {
             subject: "alert.<agent>",
             body: "AlertMessage",
             publishers: "the audit-anomaly agent only",
-            receivers: "orchestrator",
-            transport: "core",
+            receivers: "orchestrator (durable consumer `orchestrator-alerts`)",
+            transport: "JetStream ALERTS (work queue, Nats-Msg-Id = alert id)",
         },
         SubjectRow {
             subject: "_INBOX_<principal>.>",

@@ -140,6 +140,11 @@ pub mod stream {
     pub const CHAT_OUT: &str = "CHAT_OUT";
     /// The audit-anomaly agent's durable pull consumer on [`AUDIT`] (read-only watching).
     pub const AUDIT_ANOMALY_CONSUMER: &str = "audit-anomaly";
+    /// Alerts (`alert.>`), work queue for the orchestrator: an alert raised while the
+    /// orchestrator is down waits for it.
+    pub const ALERTS: &str = "ALERTS";
+    /// The orchestrator's durable pull consumer on [`ALERTS`].
+    pub const ALERTS_CONSUMER: &str = "orchestrator-alerts";
     /// The chat channels that have an outbound consumer.
     pub const CHANNELS: &[&str] = &["terminal", "telegram", "slack", "imessage", "web"];
 

@@ -535,11 +535,16 @@ require = "{require}"
             UnixMillis::now(),
             AlertMessage::Raised(alert),
         );
-        anomaly
-            .publish("alert.audit-anomaly", envelope.encode().unwrap().into())
+        // As the agent does: into the ALERTS stream, acknowledged.
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(envelope.encode().unwrap().into())
+            .message_id(envelope.id.to_string());
+        jetstream::new(anomaly)
+            .send_publish("alert.audit-anomaly", publish)
+            .await
+            .unwrap()
             .await
             .unwrap();
-        anomaly.flush().await.unwrap();
         envelope.id
     }
 

@@ -421,6 +421,21 @@ impl Drop for NatsServer {
     }
 }
 
+/// The orchestrator's view of the `ALERTS` stream: its durable consumer's messages.
+pub type AlertFeed = jetstream::consumer::pull::Stream;
+
+/// Binds the orchestrator's durable consumer on `ALERTS` (as the orchestrator, whose identity
+/// may read alerts only this way).
+pub async fn alert_feed(orchestrator: &async_nats::Client) -> anyhow::Result<AlertFeed> {
+    let consumer: jetstream::consumer::PullConsumer = jetstream::new(orchestrator.clone())
+        .get_stream(protocol::subject::stream::ALERTS)
+        .await?
+        .get_consumer(protocol::subject::stream::ALERTS_CONSUMER)
+        .await
+        .map_err(|e| anyhow!("the orchestrator's alerts consumer: {e}"))?;
+    Ok(consumer.messages().await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
