@@ -125,11 +125,16 @@ pub(crate) async fn run(
     let sandbox = Arc::new(sandbox);
     match sandbox.as_ref() {
         AnySandbox::Docker(_) => say("sandbox:  Docker (each agent in its own hardened container)"),
-        AnySandbox::Process(_) => say(
-            "sandbox:  host processes (no Docker engine answered): agents confine themselves \
-             (seccomp, no_new_privs, Landlock where available) but share the host's network \
-             and file system view; every heartbeat reports this weaker isolation",
-        ),
+        AnySandbox::Process(_) => say(&format!(
+            "sandbox:  host processes ({}): agents confine themselves (seccomp, no_new_privs, \
+             Landlock where available) but share the host's network and file system view; \
+             every heartbeat reports this weaker isolation",
+            if backend == BackendChoice::Process {
+                "as configured"
+            } else {
+                "no Docker engine answered"
+            }
+        )),
     }
 
     let mut running = Running::default();
