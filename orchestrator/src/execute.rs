@@ -166,7 +166,7 @@ pub enum Recovered {
     /// Approved (or executing without a step in doubt) and still within its time: run it.
     Resume(PlanId),
     /// Finished now: some step's outcome is unknown (never run again), or its pending steps
-    /// were skipped because its time had passed.
+    /// were not run: its time had passed.
     Finished(PlanRecord),
     /// Approved but its time had passed before any step ran: expired, nothing done.
     Expired(PlanRecord),

@@ -398,18 +398,7 @@ impl DockerSandbox {
     /// replay stores) and the state directory for the next start. `bot up` calls this on Ctrl-C.
     pub async fn shutdown(&self) -> Result<(), SandboxError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
-        let filter = self.inner.settings.instance.filter();
-        let containers = self
-            .inner
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await
-            .map_err(docker_error("list containers"))?;
+        let containers = self.own_containers().await?;
         let role = |c: &bollard::models::ContainerSummary| {
             c.labels
                 .as_ref()
@@ -431,21 +420,7 @@ impl DockerSandbox {
         for (_, id) in ordered {
             self.remove_container(&id).await?;
         }
-        let networks = self
-            .inner
-            .docker
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::default()
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await
-            .map_err(docker_error("list networks"))?;
-        for n in networks {
-            if let Some(name) = n.name {
-                network::remove(&self.inner.docker, &name).await?;
-            }
-        }
+        self.remove_own_networks().await?;
         *self.inner.state.lock().await = State::default();
         tracing::info!(instance = %self.inner.settings.instance, "sandbox stopped (volumes kept)");
         Ok(())
@@ -456,37 +431,13 @@ impl DockerSandbox {
     pub async fn teardown(&self) -> Result<(), SandboxError> {
         let _lifecycle = self.inner.lifecycle.lock().await;
         let filter = self.inner.settings.instance.filter();
-        let containers = self
-            .inner
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await
-            .map_err(docker_error("list containers"))?;
+        let containers = self.own_containers().await?;
         for c in containers {
             if let Some(id) = c.id {
                 self.force_remove(&id).await?;
             }
         }
-        let networks = self
-            .inner
-            .docker
-            .list_networks(Some(
-                ListNetworksOptionsBuilder::default()
-                    .filters(&filter)
-                    .build(),
-            ))
-            .await
-            .map_err(docker_error("list networks"))?;
-        for n in networks {
-            if let Some(name) = n.name {
-                network::remove(&self.inner.docker, &name).await?;
-            }
-        }
+        self.remove_own_networks().await?;
         let volumes = self
             .inner
             .docker
@@ -503,6 +454,42 @@ impl DockerSandbox {
         self.remove_own_dirs()?;
         *self.inner.state.lock().await = State::default();
         tracing::info!(instance = %self.inner.settings.instance, "sandbox torn down");
+        Ok(())
+    }
+
+    /// Every container labelled with this instance, running or not.
+    async fn own_containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, SandboxError> {
+        let filter = self.inner.settings.instance.filter();
+        self.inner
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_error("list containers"))
+    }
+
+    /// Removes every network labelled with this instance.
+    async fn remove_own_networks(&self) -> Result<(), SandboxError> {
+        let filter = self.inner.settings.instance.filter();
+        let networks = self
+            .inner
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&filter)
+                    .build(),
+            ))
+            .await
+            .map_err(docker_error("list networks"))?;
+        for n in networks {
+            if let Some(name) = n.name {
+                network::remove(&self.inner.docker, &name).await?;
+            }
+        }
         Ok(())
     }
 
