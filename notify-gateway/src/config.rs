@@ -1,0 +1,171 @@
+//! The gateway's configuration: a TOML file, loaded once.
+//!
+//! ```toml
+//! nats_url = "tls://127.0.0.1:4222"
+//! home = "/home/me/.assistant"                 # the provisioned layout (keys, certificates)
+//! state_db = "/home/me/.assistant/gateway.sqlite"
+//!
+//! [telegram]
+//! token_file = "/home/me/.assistant/secrets/telegram-token"   # the token itself is never here
+//! allowed_users = [123456789]                                 # Telegram user ids
+//! # api_url = "https://api.telegram.org/"                    # tests point this at a double
+//! # poll_timeout_secs = 10
+//! ```
+//!
+//! What it does not do: no environment overrides yet; the token is read by
+//! [`TelegramConfig::read_token`] and never kept in the config or printed.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid configuration {path}: {source}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(&'static str),
+}
+
+impl ConfigError {
+    /// A stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "config_unreadable",
+            ConfigError::Parse { .. } | ConfigError::Invalid(_) => "config_invalid",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The NATS server.
+    pub nats_url: String,
+    /// The provisioned layout's root.
+    pub home: PathBuf,
+    /// The gateway's state database.
+    pub state_db: PathBuf,
+    /// The Telegram channel, if enabled.
+    pub telegram: Option<TelegramConfig>,
+}
+
+/// The Telegram channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramConfig {
+    /// A file holding the bot token (one line).
+    pub token_file: PathBuf,
+    /// Telegram user ids allowed to talk to the assistant.
+    pub allowed_users: Vec<u64>,
+    /// The Bot API base URL (default: the real one).
+    pub api_url: Option<String>,
+    /// Long-poll timeout in seconds (1 to 12, default 10).
+    pub poll_timeout_secs: Option<u64>,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ParseFailure::Toml(source) => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            ParseFailure::Invalid(m) => ConfigError::Invalid(m),
+        })
+    }
+
+    fn parse(text: &str) -> Result<Config, ParseFailure> {
+        let c: Config = toml::from_str(text).map_err(ParseFailure::Toml)?;
+        if let Some(t) = &c.telegram {
+            if t.allowed_users.is_empty() {
+                return Err(ParseFailure::Invalid(
+                    "telegram.allowed_users is empty: nobody could talk to the assistant",
+                ));
+            }
+            if t.poll_timeout_secs.is_some_and(|s| s == 0 || s > 12) {
+                return Err(ParseFailure::Invalid(
+                    "telegram.poll_timeout_secs must be 1 to 12",
+                ));
+            }
+        }
+        Ok(c)
+    }
+}
+
+enum ParseFailure {
+    Toml(toml::de::Error),
+    Invalid(&'static str),
+}
+
+impl TelegramConfig {
+    /// Reads the token file. The error names the file, never its content.
+    pub fn read_token(&self) -> Result<String, ConfigError> {
+        let token =
+            std::fs::read_to_string(&self.token_file).map_err(|source| ConfigError::Read {
+                path: self.token_file.clone(),
+                source,
+            })?;
+        let token = token.trim().to_owned();
+        if token.is_empty() || token.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid(
+                "the telegram token file must hold one token",
+            ));
+        }
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        let ok = r#"
+            nats_url = "nats://127.0.0.1:4222"
+            home = "/h"
+            state_db = "/h/gw.sqlite"
+            [telegram]
+            token_file = "/h/tg"
+            allowed_users = [42]
+        "#;
+        let c = Config::parse(ok).ok().unwrap();
+        assert_eq!(c.telegram.unwrap().allowed_users, vec![42]);
+        let empty = ok.replace("[42]", "[]");
+        assert!(matches!(
+            Config::parse(&empty),
+            Err(ParseFailure::Invalid(_))
+        ));
+        let unknown = format!("{ok}\ntoken = \"x\"");
+        assert!(matches!(
+            Config::parse(&unknown),
+            Err(ParseFailure::Toml(_))
+        ));
+    }
+}

@@ -1,0 +1,103 @@
+//! The notify gateway: the only component that talks to chat platforms.
+//!
+//! What it does: for each configured channel (this slice: Telegram), runs two loops over the
+//! channel-neutral [`channel::Channel`] interface. [`inbound`] turns platform events from
+//! allowlisted users into `chat.in.<channel>` / `chat.decision.<channel>` messages (JetStream,
+//! acknowledged before the platform cursor advances; default deny with an audit row for anyone
+//! else). [`outbound`] pulls the channel's `out-<channel>` consumer of `CHAT_OUT`, renders plans
+//! and messages for the platform, delivers them, and acknowledges only after the platform
+//! answered (retrying 429 / 5xx, never sending a delivered envelope twice). Its own state (the
+//! cursor, what was posted where, what was delivered) lives in [`store`].
+//!
+//! What it does not do: it holds no capability key and never signs or verifies button MACs
+//! (the orchestrator does); it may publish only chat input, decisions and its own audit events
+//! and read only chat output (`protocol::acl`, identity `gateway`). Slack, iMessage and web chat
+//! are not implemented yet; nor are pairing (`bot pair`), per-user rate limits or webhooks.
+
+#![forbid(unsafe_code)]
+
+pub mod channel;
+pub mod config;
+pub mod inbound;
+pub mod outbound;
+pub mod store;
+#[cfg(feature = "telegram")]
+pub mod telegram;
+
+use std::future::Future;
+
+use audit::emit::AuditEmitter;
+use protocol::Principal;
+use tokio::sync::watch;
+
+use crate::channel::Channel;
+use crate::inbound::Allowlist;
+use crate::store::Store;
+
+/// Why the gateway stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// NATS or JetStream failed in a way the loop cannot retry.
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// A message could not be encoded.
+    #[error("cannot encode a message: {0}")]
+    Encode(#[source] protocol::EncodeError),
+    /// A loop task died.
+    #[error("gateway task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl GatewayError {
+    /// A stable code for logs and users.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::Store(e) => e.code(),
+            GatewayError::Nats(_) => "nats_failed",
+            GatewayError::Encode(_) => "message_encode_failed",
+            GatewayError::Task(_) => "gateway_task_failed",
+        }
+    }
+}
+
+/// Runs one channel's inbound and outbound loops until `shutdown` resolves (or one fails).
+/// `client` must be connected as the `gateway` principal.
+pub async fn run<C: Channel>(
+    channel: C,
+    allow: Allowlist,
+    client: async_nats::Client,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GatewayError> {
+    let js = async_nats::jetstream::new(client);
+    let audit = AuditEmitter::new(js.clone(), Principal::gateway());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let inbound = inbound::run(&channel, &allow, &js, &audit, &store, stop_rx.clone());
+    let outbound = outbound::run(&channel, &js, &store, stop_rx);
+    tokio::pin!(inbound, outbound, shutdown);
+    let mut inbound_done = false;
+    let mut outbound_done = false;
+    let mut result = Ok(());
+    while !(inbound_done && outbound_done) {
+        tokio::select! {
+            () = &mut shutdown, if !*stop_tx.borrow() => {
+                tracing::info!("shutting down");
+                stop_tx.send_replace(true);
+            }
+            r = &mut inbound, if !inbound_done => {
+                inbound_done = true;
+                stop_tx.send_replace(true);
+                if let Err(e) = r { result = Err(e); }
+            }
+            r = &mut outbound, if !outbound_done => {
+                outbound_done = true;
+                stop_tx.send_replace(true);
+                if let Err(e) = r && result.is_ok() { result = Err(e); }
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,282 @@
+//! Outbound: the `out-<channel>` consumer of `CHAT_OUT` to platform messages.
+//!
+//! What it does: pulls one message at a time (so order is kept: a `Post` is on the platform
+//! before the `Update` that edits it), decodes it strictly, skips (and acknowledges) an envelope
+//! it already delivered, renders it with the channel, posts or edits, records the delivery (and,
+//! for a post, where the message landed) durably, and only then acknowledges. A 429 waits the
+//! platform's `retry_after`; a 5xx or connection error retries with backoff; while waiting the
+//! JetStream message is kept alive with progress acknowledgements. A permanent refusal (403,
+//! the user blocked the bot) is logged, recorded and acknowledged: it cannot succeed.
+//!
+//! What it does not do: it cannot make the platform idempotent. If the gateway dies after the
+//! platform accepted a post and before the delivery row commits, that one message is sent again
+//! on redelivery; every other path sends at most once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt as _;
+use protocol::message::{ChatOut, PlanMessage};
+use protocol::subject::{Route, stream};
+use protocol::{ChannelName, Envelope, Subject};
+use tokio::sync::watch;
+
+use crate::GatewayError;
+use crate::channel::{Channel, Delivered, DeliveryError, Rendered};
+use crate::inbound::backoff;
+use crate::store::Store;
+
+/// One decoded outbound item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// Post a new message under `key`.
+    Post {
+        /// Our key.
+        key: String,
+        /// The conversation.
+        chat_id: String,
+        /// The rendered message.
+        rendered: Rendered,
+    },
+    /// Edit the message posted under `key` (posting it if it was never posted).
+    Update {
+        /// Our key.
+        key: String,
+        /// The conversation.
+        chat_id: String,
+        /// The rendered message.
+        rendered: Rendered,
+    },
+}
+
+/// Why an outbound message cannot be handled at all (it is terminated, not retried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undeliverable(pub &'static str);
+
+/// Decodes and renders one `CHAT_OUT` message for `channel`. Pure apart from the channel's
+/// renderer. Returns the envelope id too.
+pub fn decode<C: Channel>(
+    channel: &C,
+    subject: &str,
+    payload: &[u8],
+) -> Result<(String, Outgoing), Undeliverable> {
+    let name = channel.name();
+    match Subject::route(subject) {
+        Some(Route::PlanProposed(c)) if &c == name => {
+            let e = Envelope::<PlanMessage>::decode(payload)
+                .map_err(|_bad| Undeliverable("message_invalid"))?;
+            let PlanMessage::Proposed(p) = &e.body;
+            check_chat(name, &p.chat.channel)?;
+            Ok((
+                e.id.to_string(),
+                Outgoing::Post {
+                    key: p.approval_id.to_string(),
+                    chat_id: p.chat.chat_id.as_str().to_owned(),
+                    rendered: channel.render_plan(p),
+                },
+            ))
+        }
+        Some(Route::ChatOut(c)) if &c == name => {
+            let e = Envelope::<ChatOut>::decode(payload)
+                .map_err(|_bad| Undeliverable("message_invalid"))?;
+            let id = e.id.to_string();
+            match &e.body {
+                ChatOut::Post(m) => {
+                    check_chat(name, &m.chat.channel)?;
+                    Ok((
+                        id,
+                        Outgoing::Post {
+                            key: m.key.clone(),
+                            chat_id: m.chat.chat_id.as_str().to_owned(),
+                            rendered: channel.render_message(m),
+                        },
+                    ))
+                }
+                ChatOut::Update(m) => {
+                    check_chat(name, &m.chat.channel)?;
+                    Ok((
+                        id,
+                        Outgoing::Update {
+                            key: m.key.clone(),
+                            chat_id: m.chat.chat_id.as_str().to_owned(),
+                            rendered: channel.render_message(m),
+                        },
+                    ))
+                }
+            }
+        }
+        _ => Err(Undeliverable("subject_not_for_channel")),
+    }
+}
+
+fn check_chat(ours: &ChannelName, theirs: &ChannelName) -> Result<(), Undeliverable> {
+    if ours == theirs {
+        Ok(())
+    } else {
+        Err(Undeliverable("chat_not_on_channel"))
+    }
+}
+
+/// The outbound loop for one channel; returns when `shutdown` turns true.
+pub async fn run<C: Channel>(
+    channel: &C,
+    js: &async_nats::jetstream::Context,
+    store: &Store,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    let name = channel.name().clone();
+    let consumer: PullConsumer = js
+        .get_stream(stream::CHAT_OUT)
+        .await
+        .map_err(|e| GatewayError::Nats(format!("CHAT_OUT stream: {e}")))?
+        .get_consumer(&stream::chat_out_consumer(name.as_str()))
+        .await
+        .map_err(|e| GatewayError::Nats(format!("out-{name} consumer: {e}")))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1)
+        .messages()
+        .await
+        .map_err(|e| GatewayError::Nats(format!("out-{name} messages: {e}")))?;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let message = match next {
+            None => {
+                return Err(GatewayError::Nats(
+                    "outbound message stream ended".to_owned(),
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(channel = %name, error = %e, code = "nats_pull_failed", "outbound pull failed");
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let (envelope_id, outgoing) = match decode(
+            channel,
+            message.subject.as_str(),
+            &message.payload,
+        ) {
+            Ok(d) => d,
+            Err(Undeliverable(code)) => {
+                tracing::warn!(channel = %name, subject = %message.subject, code, "outbound message refused");
+                ack(&message, AckKind::Term).await;
+                continue;
+            }
+        };
+        if store.is_delivered(name.as_str(), &envelope_id).await? {
+            tracing::info!(channel = %name, envelope = %envelope_id, "already delivered; acknowledging the redelivery");
+            ack(&message, AckKind::Ack).await;
+            continue;
+        }
+        let mut attempt = 0u32;
+        loop {
+            match deliver(channel, store, &outgoing).await? {
+                Ok(posted) => {
+                    let outcome = if posted.is_some() { "posted" } else { "edited" };
+                    store
+                        .record_delivery(name.as_str(), &envelope_id, outcome, posted)
+                        .await?;
+                    ack(&message, AckKind::Ack).await;
+                    break;
+                }
+                Err(DeliveryError::Permanent(reason)) => {
+                    tracing::warn!(channel = %name, envelope = %envelope_id, code = "platform_refused", %reason, "outbound message cannot be delivered; dropping it");
+                    store
+                        .record_delivery(name.as_str(), &envelope_id, "refused", None)
+                        .await?;
+                    ack(&message, AckKind::Ack).await;
+                    break;
+                }
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    let wait = match &e {
+                        DeliveryError::RetryAfter(d) => *d,
+                        _ => backoff(attempt),
+                    };
+                    tracing::warn!(channel = %name, code = e.code(), error = %e, ?wait, "outbound delivery failed; retrying");
+                    if !wait_alive(&message, wait, &mut shutdown).await {
+                        // Not acknowledged: JetStream redelivers after a restart.
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Posts or edits. `Ok(Ok(Some((key, where))))` for a post.
+async fn deliver<C: Channel>(
+    channel: &C,
+    store: &Store,
+    outgoing: &Outgoing,
+) -> Result<Result<Option<(String, Delivered)>, DeliveryError>, GatewayError> {
+    let name = channel.name().as_str();
+    Ok(match outgoing {
+        Outgoing::Post {
+            key,
+            chat_id,
+            rendered,
+        } => channel
+            .post(chat_id, rendered)
+            .await
+            .map(|d| Some((key.clone(), d))),
+        Outgoing::Update {
+            key,
+            chat_id,
+            rendered,
+        } => match store.posted(name, key).await? {
+            Some(target) if &target.chat_id == chat_id => {
+                match channel.edit(&target, rendered).await {
+                    Ok(()) | Err(DeliveryError::NotModified) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(_other_chat) => Err(DeliveryError::Permanent(
+                "update for a message in another chat".to_owned(),
+            )),
+            None => {
+                tracing::info!(
+                    channel = name,
+                    "update for a message never posted; posting it"
+                );
+                channel
+                    .post(chat_id, rendered)
+                    .await
+                    .map(|d| Some((key.clone(), d)))
+            }
+        },
+    })
+}
+
+/// Sleeps `wait`, telling JetStream every 10 s that the message is still being worked on.
+/// False if shutdown came first.
+async fn wait_alive(
+    message: &async_nats::jetstream::Message,
+    wait: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        let step = (deadline - now).min(Duration::from_secs(10));
+        tokio::select! {
+            _ = shutdown.changed() => return false,
+            () = tokio::time::sleep(step) => {}
+        }
+        ack(message, AckKind::Progress).await;
+    }
+}
+
+async fn ack(message: &async_nats::jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, code = "nats_ack_failed", "acknowledgement failed; the message will be redelivered");
+    }
+}
