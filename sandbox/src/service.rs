@@ -138,7 +138,7 @@ mod tests {
             binary: PathBuf::from("/bin/sh"),
             args: vec![
                 "-c".to_owned(),
-                "env > env.txt; trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done"
+                "trap 'echo bye; exit 0' TERM; env > env.tmp && mv env.tmp env.txt; while :; do sleep 0.1; done"
                     .to_owned(),
             ],
             env: vec![("ONLY".to_owned(), "this".to_owned())],
