@@ -127,10 +127,12 @@ pub trait Channel: Send + Sync + 'static {
         after: Option<u64>,
     ) -> impl Future<Output = Result<Vec<InboundEvent>, DeliveryError>> + Send;
 
-    /// Answers a button press (stops the client's spinner). Best effort.
+    /// Answers a button press (stops the client's spinner), with a short notification `text`
+    /// if given. Best effort.
     fn answer_press(
         &self,
         press_id: &str,
+        text: Option<&str>,
     ) -> impl Future<Output = Result<(), DeliveryError>> + Send;
 
     /// Posts a new message in `chat_id`.

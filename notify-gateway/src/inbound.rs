@@ -1,16 +1,22 @@
 //! Inbound: platform events to `chat.in.<channel>` / `chat.decision.<channel>`.
 //!
 //! What it does: [`decide`] is the pure, default-deny decision for one event (allowlisted
-//! sender in a private chat, payload within limits, or refused with a code). [`run`] is the
-//! shell: poll after the persisted cursor; for each event publish with JetStream and wait for
-//! the acknowledgement (`Nats-Msg-Id` = the event's dedup id, so a re-publish after a crash is
-//! dropped by the stream), emit a `sender_rejected` audit event for refused senders, and only
-//! then persist the cursor; finally answer a button press. A failed publish is retried with
-//! backoff and the cursor does not move, so nothing is skipped; a restart re-reads from the
-//! persisted cursor, so nothing is replayed beyond the duplicate window's protection.
+//! sender in a private chat, payload within limits, a button press only of a button the
+//! gateway currently shows on that very message in that very chat, or refused with a code).
+//! [`run`] is the shell: poll after the persisted cursor; for each event look up (for a press)
+//! whether the store records that button as shown, publish with JetStream and wait for the
+//! acknowledgement (`Nats-Msg-Id` = the event's dedup id, so a re-publish after a crash is
+//! dropped by the stream), emit a `sender_rejected` audit event for refused senders and a
+//! `decision_refused` one (code `button_not_shown`) for a press of a button not shown there
+//! (forged, from another chat, or from a keyboard an edit removed), and only then persist the
+//! cursor; finally answer a button press (a refused one with a short generic text). A failed
+//! publish is retried with backoff and the cursor does not move, so nothing is skipped; a
+//! restart re-reads from the persisted cursor, so nothing is replayed beyond the duplicate
+//! window's protection.
 //!
-//! What it does not do: it does not verify button MACs (the orchestrator does, fail-closed),
-//! rate-limit users, or reply to refused senders (no reply content, by design).
+//! What it does not do: it holds no MAC key and does not verify button MACs (the orchestrator
+//! does, fail-closed, along with the approver), rate-limit users, or reply to refused senders
+//! (no reply content, by design).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,6 +34,10 @@ use tokio::sync::watch;
 use crate::GatewayError;
 use crate::channel::{Channel, InboundEvent, InboundKind};
 use crate::store::Store;
+
+/// The notification shown when a press is refused because its button is not (or no longer)
+/// on that message. Generic on purpose: it says nothing about why.
+pub const REFUSED_PRESS_TEXT: &str = "This button is no longer valid.";
 
 /// Who may talk to the assistant on one channel: platform user ids, exact match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,6 +75,16 @@ pub enum Action {
         /// The press to answer (with no content), if it was a press.
         press_id: Option<String>,
     },
+    /// Drop a press of a button the gateway does not show on that message (in that chat), write
+    /// an audit row, and answer the press with [`REFUSED_PRESS_TEXT`].
+    RejectPress {
+        /// The (allowlisted) presser.
+        by: ChatUser,
+        /// Why.
+        code: &'static str,
+        /// The press to answer.
+        press_id: String,
+    },
     /// Drop it quietly (not something we handle, or malformed).
     Skip {
         /// Why.
@@ -74,8 +94,10 @@ pub enum Action {
     },
 }
 
-/// The default-deny decision for one event. Pure.
-pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind) -> Action {
+/// The default-deny decision for one event. Pure. `shown`: for a button press, whether the
+/// gateway currently shows a button with exactly this payload on the press's message in the
+/// press's chat ([`Store::button_shown`]); ignored for other events.
+pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, shown: bool) -> Action {
     match kind {
         InboundKind::Ignored { .. } => Action::Skip {
             code: "update_kind_not_handled",
@@ -166,6 +188,11 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind) -> A
                 Ok::<_, String>(decision)
             })();
             match built {
+                Ok(ChatDecision::Button(b)) if !shown => Action::RejectPress {
+                    by: b.user,
+                    code: "button_not_shown",
+                    press_id: press_id.clone(),
+                },
                 Ok(decision) => Action::Press {
                     decision,
                     press_id: press_id.clone(),
@@ -234,14 +261,14 @@ pub async fn run<C: Channel>(
             if cursor.is_some_and(|c| event.cursor <= c) {
                 continue;
             }
-            let press = handle(&name, allow, js, audit, &event, &mut shutdown).await?;
+            let press = handle(&name, allow, js, audit, store, &event, &mut shutdown).await?;
             let Some(press) = press else {
                 return Ok(());
             };
             store.set_cursor(name.as_str(), event.cursor).await?;
             cursor = Some(event.cursor);
-            if let Some(press_id) = press
-                && let Err(e) = channel.answer_press(&press_id).await
+            if let Some((press_id, text)) = press
+                && let Err(e) = channel.answer_press(&press_id, text).await
             {
                 tracing::warn!(channel = %name, code = e.code(), error = %e, "could not answer a button press");
             }
@@ -249,17 +276,34 @@ pub async fn run<C: Channel>(
     }
 }
 
+/// A press to answer: its id and the notification text, if any.
+type Answer = Option<(String, Option<&'static str>)>;
+
 /// Handles one event up to (not including) the cursor write. `Ok(None)`: shutting down
-/// before the publish was acknowledged; `Ok(Some(press))`: done, answer `press` if any.
+/// before the publish was acknowledged; `Ok(Some(answer))`: done, answer the press if any.
 async fn handle(
     name: &ChannelName,
     allow: &Allowlist,
     js: &async_nats::jetstream::Context,
     audit: &AuditEmitter,
+    store: &Store,
     event: &InboundEvent,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<Option<String>>, GatewayError> {
-    match decide(name, allow, &event.kind) {
+) -> Result<Option<Answer>, GatewayError> {
+    let shown = match &event.kind {
+        InboundKind::Button {
+            chat_id: Some(chat_id),
+            message_id: Some(message_id),
+            payload,
+            ..
+        } => {
+            store
+                .button_shown(name.as_str(), chat_id, message_id, payload)
+                .await?
+        }
+        _ => false,
+    };
+    match decide(name, allow, &event.kind, shown) {
         Action::Say(body) => {
             let sent =
                 publish_until_acked(js, Subject::chat_in(name), &event.dedup_id, body, shutdown)
@@ -275,7 +319,7 @@ async fn handle(
                 shutdown,
             )
             .await?;
-            Ok(sent.then_some(Some(press_id)))
+            Ok(sent.then_some(Some((press_id, None))))
         }
         Action::RejectSender {
             platform_user,
@@ -291,11 +335,22 @@ async fn handle(
             if let Err(e) = audit.emit(CorrelationId::random(), event).await {
                 tracing::warn!(channel = %name, code = e.code(), error = %e, "could not audit a rejected sender");
             }
-            Ok(Some(press_id))
+            Ok(Some(press_id.map(|p| (p, None))))
+        }
+        Action::RejectPress { by, code, press_id } => {
+            tracing::warn!(channel = %name, code, "press of a button not shown on that message refused");
+            let event = AuditEvent::DecisionRefused {
+                by,
+                code: ErrorCode::from_static(code),
+            };
+            if let Err(e) = audit.emit(CorrelationId::random(), event).await {
+                tracing::warn!(channel = %name, code = e.code(), error = %e, "could not audit a refused press");
+            }
+            Ok(Some(Some((press_id, Some(REFUSED_PRESS_TEXT)))))
         }
         Action::Skip { code, press_id } => {
             tracing::info!(channel = %name, code, "inbound event skipped");
-            Ok(Some(press_id))
+            Ok(Some(press_id.map(|p| (p, None))))
         }
     }
 }
@@ -347,9 +402,13 @@ mod tests {
     use super::*;
 
     fn check(kind: InboundKind, expect: expect_test::Expect) {
+        check_shown(kind, true, expect);
+    }
+
+    fn check_shown(kind: InboundKind, shown: bool, expect: expect_test::Expect) {
         let channel = ChannelName::new("telegram").unwrap();
         let allow = Allowlist::new(["42"]);
-        let action = match decide(&channel, &allow, &kind) {
+        let action = match decide(&channel, &allow, &kind, shown) {
             Action::Say(ChatIn::Text(t)) => format!(
                 "say {} {:?} from {}",
                 t.chat.chat_id.as_str(),
@@ -373,6 +432,9 @@ mod tests {
                 code,
                 press_id,
             } => format!("reject {platform_user} {code} {press_id:?}"),
+            Action::RejectPress { by, code, press_id } => {
+                format!("refuse press by {by} {code} ({press_id})")
+            }
             Action::Skip { code, press_id } => format!("skip {code} {press_id:?}"),
         };
         expect.assert_eq(&action);
@@ -425,6 +487,21 @@ mod tests {
         check(
             press("43", "ap:1234"),
             expect![[r#"reject 43 sender_not_allowlisted Some("777")"#]],
+        );
+        check_shown(
+            press("42", "ap:1234"),
+            false,
+            expect!["refuse press by telegram:42 button_not_shown (777)"],
+        );
+        check_shown(
+            press("43", "ap:1234"),
+            false,
+            expect![[r#"reject 43 sender_not_allowlisted Some("777")"#]],
+        );
+        check_shown(
+            press("42", &"x".repeat(65)),
+            false,
+            expect![[r#"skip button_payload_invalid Some("777")"#]],
         );
         check(
             press("42", &"x".repeat(65)),

@@ -7,7 +7,9 @@
 //! else). [`outbound`] pulls the channel's `out-<channel>` consumer of `CHAT_OUT`, renders plans
 //! and messages for the platform, delivers them, and acknowledges only after the platform
 //! answered (retrying 429 / 5xx, never sending a delivered envelope twice). Its own state (the
-//! cursor, what was posted where, what was delivered) lives in [`store`].
+//! cursor, what was posted where, what was delivered, which buttons each message shows, so a
+//! press of a button it did not show there is refused before anything is published) lives in
+//! [`store`].
 //!
 //! What it does not do: it holds no capability key and never signs or verifies button MACs
 //! (the orchestrator does); it may publish only chat input, decisions and its own audit events

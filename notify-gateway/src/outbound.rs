@@ -2,10 +2,11 @@
 //!
 //! What it does: pulls one message at a time (so order is kept: a `Post` is on the platform
 //! before the `Update` that edits it), decodes it strictly, skips (and acknowledges) an envelope
-//! it already delivered, renders it with the channel, posts or edits, records the delivery (and,
-//! for a post, where the message landed) durably, and only then acknowledges. A 429 waits the
-//! platform's `retry_after`; a 5xx or connection error retries with backoff; while waiting the
-//! JetStream message is kept alive with progress acknowledgements. A permanent refusal (403,
+//! it already delivered, renders it with the channel, posts or edits, records the delivery (for a
+//! post, where the message landed; for a post or an edit, the button payloads the message now
+//! shows, which is what inbound checks a press against) durably, and only then acknowledges. A
+//! 429 waits the platform's `retry_after`; a 5xx or connection error retries with backoff; while
+//! waiting the JetStream message is kept alive with progress acknowledgements. A permanent refusal (403,
 //! the user blocked the bot) is logged, recorded and acknowledged: it cannot succeed.
 //!
 //! What it does not do: it cannot make the platform idempotent. If the gateway dies after the
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use crate::GatewayError;
 use crate::channel::{Channel, Delivered, DeliveryError, Rendered};
 use crate::inbound::backoff;
-use crate::store::Store;
+use crate::store::{Shown, Store};
 
 /// One decoded outbound item.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,15 @@ pub enum Outgoing {
         /// The rendered message.
         rendered: Rendered,
     },
+}
+
+impl Outgoing {
+    /// The rendered message.
+    pub fn rendered(&self) -> &Rendered {
+        match self {
+            Outgoing::Post { rendered, .. } | Outgoing::Update { rendered, .. } => rendered,
+        }
+    }
 }
 
 /// Why an outbound message cannot be handled at all (it is terminated, not retried).
@@ -176,10 +186,19 @@ pub async fn run<C: Channel>(
         let mut attempt = 0u32;
         loop {
             match deliver(channel, store, &outgoing).await? {
-                Ok(posted) => {
+                Ok((posted, at)) => {
                     let outcome = if posted.is_some() { "posted" } else { "edited" };
+                    let shown = Shown {
+                        at,
+                        payloads: outgoing
+                            .rendered()
+                            .buttons
+                            .iter()
+                            .map(|b| b.payload.clone())
+                            .collect(),
+                    };
                     store
-                        .record_delivery(name.as_str(), &envelope_id, outcome, posted)
+                        .record_delivery(name.as_str(), &envelope_id, outcome, posted, Some(shown))
                         .await?;
                     ack(&message, AckKind::Ack).await;
                     break;
@@ -187,7 +206,7 @@ pub async fn run<C: Channel>(
                 Err(DeliveryError::Permanent(reason)) => {
                     tracing::warn!(channel = %name, envelope = %envelope_id, code = "platform_refused", %reason, "outbound message cannot be delivered; dropping it");
                     store
-                        .record_delivery(name.as_str(), &envelope_id, "refused", None)
+                        .record_delivery(name.as_str(), &envelope_id, "refused", None, None)
                         .await?;
                     ack(&message, AckKind::Ack).await;
                     break;
@@ -209,12 +228,16 @@ pub async fn run<C: Channel>(
     }
 }
 
-/// Posts or edits. `Ok(Ok(Some((key, where))))` for a post.
+/// Where a delivery landed: the `(key, where)` to record for a post, and the message itself.
+type Landed = (Option<(String, Delivered)>, Delivered);
+
+/// Posts or edits. `Ok(Ok((Some((key, where)), where)))` for a post, `Ok(Ok((None, where)))`
+/// for an edit.
 async fn deliver<C: Channel>(
     channel: &C,
     store: &Store,
     outgoing: &Outgoing,
-) -> Result<Result<Option<(String, Delivered)>, DeliveryError>, GatewayError> {
+) -> Result<Result<Landed, DeliveryError>, GatewayError> {
     let name = channel.name().as_str();
     Ok(match outgoing {
         Outgoing::Post {
@@ -224,7 +247,7 @@ async fn deliver<C: Channel>(
         } => channel
             .post(chat_id, rendered)
             .await
-            .map(|d| Some((key.clone(), d))),
+            .map(|d| (Some((key.clone(), d.clone())), d)),
         Outgoing::Update {
             key,
             chat_id,
@@ -232,7 +255,7 @@ async fn deliver<C: Channel>(
         } => match store.posted(name, key).await? {
             Some(target) if &target.chat_id == chat_id => {
                 match channel.edit(&target, rendered).await {
-                    Ok(()) | Err(DeliveryError::NotModified) => Ok(None),
+                    Ok(()) | Err(DeliveryError::NotModified) => Ok((None, target)),
                     Err(e) => Err(e),
                 }
             }
@@ -247,7 +270,7 @@ async fn deliver<C: Channel>(
                 channel
                     .post(chat_id, rendered)
                     .await
-                    .map(|d| Some((key.clone(), d)))
+                    .map(|d| (Some((key.clone(), d.clone())), d))
             }
         },
     })

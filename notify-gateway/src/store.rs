@@ -3,8 +3,10 @@
 //! What it does: keeps, per channel, the inbound cursor (the last platform event whose publish
 //! JetStream acknowledged), the outbound map from our message key to the platform message it
 //! became (so an `Update` edits the right message), and the set of outbound envelope ids already
-//! delivered (so a JetStream redelivery is acknowledged without sending twice). Every write is
-//! one short transaction committed with a full fsync before the caller goes on.
+//! delivered (so a JetStream redelivery is acknowledged without sending twice), and, per platform
+//! message, the button payloads it currently shows (so an inbound press of a button the gateway
+//! never showed there is refused before anything is published). Every write is one short
+//! transaction committed with a full fsync before the caller goes on.
 //!
 //! What it does not do: no audit data (only the audit crate writes that), no message bodies, no
 //! secrets. Calls are synchronous; the async shells run them on the blocking pool.
@@ -37,6 +39,15 @@ impl StoreError {
     }
 }
 
+/// The buttons a posted or edited platform message shows now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    /// The platform message.
+    pub at: Delivered,
+    /// The payloads of its buttons (empty: it has no keyboard).
+    pub payloads: Vec<String>,
+}
+
 /// A clonable handle to the state database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -54,6 +65,13 @@ CREATE TABLE IF NOT EXISTS posted (
     chat_id TEXT NOT NULL,
     message_id TEXT NOT NULL,
     PRIMARY KEY (channel, key)
+);
+CREATE TABLE IF NOT EXISTS shown_button (
+    channel TEXT NOT NULL,
+    chat_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (channel, chat_id, message_id, payload)
 );
 CREATE TABLE IF NOT EXISTS delivered (
     channel TEXT NOT NULL,
@@ -135,18 +153,35 @@ impl Store {
         .await
     }
 
-    /// Records that `envelope_id` was handled (`outcome`: `posted`, `edited`, `refused`), and,
-    /// for a post, where the message `key` landed; one transaction.
+    /// Records that `envelope_id` was handled (`outcome`: `posted`, `edited`, `refused`), for a
+    /// post where the message `key` landed, and, for a post or an edit, the button payloads the
+    /// message now shows (replacing what it showed before; none: its keyboard is gone); one
+    /// transaction.
     pub async fn record_delivery(
         &self,
         channel: &str,
         envelope_id: &str,
         outcome: &'static str,
         posted: Option<(String, Delivered)>,
+        shown: Option<Shown>,
     ) -> Result<(), StoreError> {
         let (channel, id) = (channel.to_owned(), envelope_id.to_owned());
         self.with(move |c| {
             let tx = c.transaction()?;
+            if let Some(Shown { at, payloads }) = shown {
+                tx.execute(
+                    "DELETE FROM shown_button
+                     WHERE channel = ?1 AND chat_id = ?2 AND message_id = ?3",
+                    params![channel, at.chat_id, at.message_id],
+                )?;
+                for payload in payloads {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO shown_button (channel, chat_id, message_id, payload)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![channel, at.chat_id, at.message_id, payload],
+                    )?;
+                }
+            }
             if let Some((key, d)) = posted {
                 tx.execute(
                     "INSERT INTO posted (channel, key, chat_id, message_id) VALUES (?1, ?2, ?3, ?4)
@@ -161,6 +196,29 @@ impl Store {
             )?;
             tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Whether the platform message `message_id` in `chat_id` currently shows a button carrying
+    /// exactly `payload` (as recorded by [`Store::record_delivery`]).
+    pub async fn button_shown(
+        &self,
+        channel: &str,
+        chat_id: &str,
+        message_id: &str,
+        payload: &str,
+    ) -> Result<bool, StoreError> {
+        let key = [channel, chat_id, message_id, payload].map(str::to_owned);
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM shown_button
+                 WHERE channel = ?1 AND chat_id = ?2 AND message_id = ?3 AND payload = ?4",
+                params![key[0], key[1], key[2], key[3]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
         })
         .await
     }
@@ -202,16 +260,43 @@ mod tests {
             chat_id: "7".into(),
             message_id: "3".into(),
         };
-        s.record_delivery("telegram", "e1", "posted", Some(("k".into(), d.clone())))
-            .await
-            .unwrap();
+        s.record_delivery(
+            "telegram",
+            "e1",
+            "posted",
+            Some(("k".into(), d.clone())),
+            Some(Shown {
+                at: d.clone(),
+                payloads: vec!["ap:1".into(), "rj:1".into()],
+            }),
+        )
+        .await
+        .unwrap();
         drop(s);
         let s = Store::open(&path).unwrap();
         assert_eq!(s.cursor("telegram").await.unwrap(), Some(42));
         assert_eq!(s.cursor("slack").await.unwrap(), None);
         assert!(s.is_delivered("telegram", "e1").await.unwrap());
         assert!(!s.is_delivered("telegram", "e2").await.unwrap());
-        assert_eq!(s.posted("telegram", "k").await.unwrap(), Some(d));
+        assert_eq!(s.posted("telegram", "k").await.unwrap(), Some(d.clone()));
         assert_eq!(s.posted("slack", "k").await.unwrap(), None);
+        assert!(s.button_shown("telegram", "7", "3", "ap:1").await.unwrap());
+        assert!(!s.button_shown("telegram", "7", "3", "ap:2").await.unwrap());
+        assert!(!s.button_shown("telegram", "8", "3", "ap:1").await.unwrap());
+        assert!(!s.button_shown("slack", "7", "3", "ap:1").await.unwrap());
+        // An edit replaces the set; an edit without a keyboard empties it.
+        let shown = |payloads: &[&str]| Shown {
+            at: d.clone(),
+            payloads: payloads.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        s.record_delivery("telegram", "e2", "edited", None, Some(shown(&["ok:1"])))
+            .await
+            .unwrap();
+        assert!(!s.button_shown("telegram", "7", "3", "ap:1").await.unwrap());
+        assert!(s.button_shown("telegram", "7", "3", "ok:1").await.unwrap());
+        s.record_delivery("telegram", "e3", "edited", None, Some(shown(&[])))
+            .await
+            .unwrap();
+        assert!(!s.button_shown("telegram", "7", "3", "ok:1").await.unwrap());
     }
 }

@@ -4,8 +4,9 @@
 //! a bounded long-poll timeout and `allowed_updates = [message, callback_query]`; parses text
 //! messages and callback queries into [`InboundEvent`]s (`tg-<update_id>` as their dedup id);
 //! posts with `sendMessage` and edits with `editMessageText` in HTML parse mode with an inline
-//! keyboard; answers callback queries; maps Bot API failures to [`DeliveryError`] (429 →
-//! `RetryAfter`, network / 5xx → `Transient`, other refusals such as 403 → `Permanent`).
+//! keyboard; answers callback queries (with a short notification text when a press is
+//! refused); maps Bot API failures to [`DeliveryError`] (429 → `RetryAfter`, network / 5xx →
+//! `Transient`, other refusals such as 403 → `Permanent`).
 //! Rendering ([`render_plan_html`], [`render_message_html`]) escapes every piece of text for
 //! HTML and keeps the message under Telegram's 4096-character limit.
 //!
@@ -20,7 +21,8 @@ use protocol::message::{Button, Effect, OutboundMessage, PlanProposal};
 use teloxide::ApiError;
 use teloxide::RequestError;
 use teloxide::payloads::{
-    EditMessageTextSetters as _, GetUpdatesSetters as _, SendMessageSetters as _,
+    AnswerCallbackQuerySetters as _, EditMessageTextSetters as _, GetUpdatesSetters as _,
+    SendMessageSetters as _,
 };
 use teloxide::requests::Requester as _;
 use teloxide::types::{
@@ -160,12 +162,14 @@ impl Channel for Telegram {
             .collect())
     }
 
-    async fn answer_press(&self, press_id: &str) -> Result<(), DeliveryError> {
-        self.bot
-            .answer_callback_query(CallbackQueryId(press_id.to_owned()))
-            .await
-            .map(|_| ())
-            .map_err(map_error)
+    async fn answer_press(&self, press_id: &str, text: Option<&str>) -> Result<(), DeliveryError> {
+        let mut request = self
+            .bot
+            .answer_callback_query(CallbackQueryId(press_id.to_owned()));
+        if let Some(text) = text {
+            request = request.text(text);
+        }
+        request.await.map(|_| ()).map_err(map_error)
     }
 
     async fn post(&self, chat: &str, message: &Rendered) -> Result<Delivered, DeliveryError> {

@@ -5,7 +5,8 @@
 //!
 //! "start bedtime" → the plan card arrives with an inline keyboard → Approve → the press is
 //! answered, the card is edited, the results arrive, and the kitchen's lights are really off at
-//! the bridge. A second press changes nothing; a stranger gets no reply and publishes nothing.
+//! the bridge. A second press changes nothing (the card no longer shows the button, so the
+//! gateway refuses it before publishing); a stranger gets no reply and publishes nothing.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,7 +22,7 @@ use agent_runtime::{Agent as _, AgentContext};
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use hue::Hue;
-use notify_gateway::inbound::Allowlist;
+use notify_gateway::inbound::{Allowlist, REFUSED_PRESS_TEXT};
 use notify_gateway::store::Store;
 use notify_gateway::telegram::{BotToken, Telegram};
 use orchestrator::config::Config;
@@ -475,22 +476,36 @@ async fn start_bedtime_on_telegram_approve_and_the_kitchen_goes_dark() {
     assert!(puts > 0);
     let tokens = w.count_audit("token_issued").await;
 
-    // A second press of Approve: answered, refused as already decided, nothing runs again.
+    // A second press of Approve: the card's keyboard is gone, so the gateway refuses it before
+    // publishing anything (audited, answered with a generic notice); nothing runs again.
+    let sent_before = w.tg.sent().len();
     let again = w.tg.user_presses(ALICE, ALICE, card.message_id, &approve);
-    until("the second press to be answered", || {
+    let answer = until("the second press to be answered", || {
         w.tg.answered_callbacks()
             .into_iter()
             .find(|a| a.callback_query_id == again)
     })
     .await;
-    let refusal = until("the already-decided reply", || {
-        w.tg.sent()
-            .into_iter()
-            .find(|m| m.text.contains("decision_already_decided"))
-    })
-    .await;
-    assert_eq!(refusal.chat_id, ALICE);
-    assert!(refusal.text.contains("That was already decided"));
+    assert_eq!(answer.text.as_deref(), Some(REFUSED_PRESS_TEXT));
+    // The row is written before the press is answered.
+    let refused = w
+        .audit()
+        .await
+        .into_iter()
+        .find(|(who, e)| who == "gateway" && e.kind() == "decision_refused")
+        .expect("the gateway's decision_refused row");
+    let AuditEvent::DecisionRefused { by, code } = &refused.1 else {
+        unreachable!()
+    };
+    assert_eq!(by.as_str(), format!("telegram:{ALICE}"));
+    assert_eq!(code.as_str(), "button_not_shown");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.tg.sent().len(), sent_before, "no reply beyond the notice");
+    assert_eq!(
+        w.count_audit("decision_refused").await,
+        1,
+        "the orchestrator never saw the press"
+    );
     assert_eq!(
         results(&w.tg).len(),
         1,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use notify_gateway::inbound::Allowlist;
+use notify_gateway::inbound::REFUSED_PRESS_TEXT;
 use notify_gateway::store::Store;
 use notify_gateway::telegram::{BotToken, Telegram};
 use protocol::message::{
@@ -25,9 +26,10 @@ use protocol::{
     PlanId, Principal, Subject, UnixMillis,
 };
 use test_support::NatsServer;
-use test_support::fake_telegram::{FakeTelegram, TOKEN};
+use test_support::fake_telegram::{FakeTelegram, SentMessage, TOKEN};
 
 const ALICE: i64 = 42;
+const BOB: i64 = 43;
 const MALLORY: i64 = 666;
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -69,6 +71,10 @@ impl Harness {
     }
 
     async fn gateway(&self) -> Running {
+        self.gateway_for(&[ALICE]).await
+    }
+
+    async fn gateway_for(&self, allowed: &[i64]) -> Running {
         let channel = Telegram::new(
             &BotToken::new(TOKEN),
             Some(url::Url::parse(&self.tg.api_url()).unwrap()),
@@ -80,7 +86,7 @@ impl Harness {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(notify_gateway::run(
             channel,
-            Allowlist::new([ALICE.to_string()]),
+            Allowlist::new(allowed.iter().map(i64::to_string)),
             client,
             store,
             async move {
@@ -117,6 +123,53 @@ impl Harness {
         // Anything beyond n is a double.
         got.extend(fetch(&consumer, Duration::from_millis(1500)).await);
         got
+    }
+
+    /// Has the gateway post the plan card (in Alice's chat) and returns it as Telegram got it.
+    async fn post_card(&self, js: &jetstream::Context) -> SentMessage {
+        let tg = ChannelName::new("telegram").unwrap();
+        let before = self.tg.sent().len();
+        self.publish_out(
+            js,
+            Subject::plan_proposed(&tg),
+            PlanMessage::Proposed(plan()),
+        )
+        .await;
+        until("the card", || self.tg.sent().len() > before).await;
+        let card = self.tg.sent().pop().unwrap();
+        assert_eq!(card.chat_id, ALICE);
+        assert!(card.reply_markup.is_some());
+        card
+    }
+
+    /// The last audit event the gateway wrote.
+    async fn last_gateway_audit(&self) -> Envelope<AuditEvent> {
+        let admin = jetstream::new(self.server.admin().await.unwrap());
+        let raw = admin
+            .get_stream(stream::AUDIT)
+            .await
+            .unwrap()
+            .get_last_raw_message_by_subject("audit.gateway")
+            .await
+            .unwrap();
+        Envelope::<AuditEvent>::decode(&raw.payload).unwrap()
+    }
+
+    /// Waits until `press` is answered and returns the notification text it got.
+    async fn answer_of(&self, press: &str) -> Option<String> {
+        until("the press to be answered", || {
+            self.tg
+                .answered_callbacks()
+                .iter()
+                .any(|a| a.callback_query_id == press)
+        })
+        .await;
+        self.tg
+            .answered_callbacks()
+            .into_iter()
+            .find(|a| a.callback_query_id == press)
+            .unwrap()
+            .text
     }
 
     async fn publish_out<B: protocol::Body>(
@@ -269,8 +322,11 @@ async fn a_button_press_becomes_a_decision_and_is_answered() {
     let h = Harness::start().await;
     let gw = h.gateway().await;
     let js = h.orchestrator().await;
-    let too_long = h.tg.user_presses(ALICE, ALICE, 7, &"x".repeat(65));
-    let press = h.tg.user_presses(ALICE, ALICE, 7, "ap:0123456789");
+    let card = h.post_card(&js).await;
+    let too_long =
+        h.tg.user_presses(ALICE, ALICE, card.message_id, &"x".repeat(65));
+    let press =
+        h.tg.user_presses(ALICE, ALICE, card.message_id, "ap:0123456789");
     let got = h.chat_in(&js, 1).await;
     assert_eq!(got.len(), 1, "the over-long payload is not published");
     assert_eq!(got[0].0, "chat.decision.telegram");
@@ -281,8 +337,8 @@ async fn a_button_press_becomes_a_decision_and_is_answered() {
     assert_eq!(b.user.as_str(), "telegram:42");
     assert_eq!(b.platform_ref.as_str(), press);
     assert_eq!(
-        b.message_ref.map(|m| m.as_str().to_owned()).as_deref(),
-        Some("7")
+        b.message_ref.map(|m| m.as_str().to_owned()),
+        Some(card.message_id.to_string())
     );
     until("both presses answered", || {
         h.tg.answered_callbacks().len() == 2
@@ -482,6 +538,164 @@ async fn a_crash_after_publishing_but_before_the_cursor_write_does_not_double() 
         texts(&h.chat_in(&js, 1).await),
         ["start bedtime"],
         "published once"
+    );
+    gw.stop().await;
+}
+
+/// Asserts the gateway's last audit event is the refusal of a press by `user`.
+async fn assert_press_refused_audited(h: &Harness, user: i64) {
+    let e = h.last_gateway_audit().await;
+    assert_eq!(e.sender, Principal::gateway());
+    match e.body {
+        AuditEvent::DecisionRefused { by, code } => {
+            assert_eq!(by.as_str(), format!("telegram:{user}"));
+            assert_eq!(code.as_str(), "button_not_shown");
+        }
+        other => panic!("unexpected audit event {other:?}"),
+    }
+}
+
+/// The decisions on CHAT_IN, as (user, payload, message id).
+fn decisions(msgs: &[(String, Vec<u8>)]) -> Vec<(String, String, String)> {
+    msgs.iter()
+        .map(|(subject, payload)| {
+            assert_eq!(subject, "chat.decision.telegram");
+            let ChatDecision::Button(b) = Envelope::<ChatDecision>::decode(payload).unwrap().body
+            else {
+                panic!("not a button press");
+            };
+            (
+                b.user.as_str().to_owned(),
+                b.payload,
+                b.message_ref.unwrap().as_str().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_forged_press_publishes_nothing_and_is_audited_and_answered() {
+    let h = Harness::start().await;
+    let gw = h.gateway().await;
+    let js = h.orchestrator().await;
+    let card = h.post_card(&js).await;
+    // Data that was never on that message (well formed, within 64 bytes), and a real button on
+    // a message the gateway never sent.
+    let forged =
+        h.tg.user_presses(ALICE, ALICE, card.message_id, "ap:9999999999");
+    let unknown =
+        h.tg.user_presses(ALICE, ALICE, card.message_id + 1, "ap:0123456789");
+    assert_eq!(
+        h.answer_of(&forged).await.as_deref(),
+        Some(REFUSED_PRESS_TEXT)
+    );
+    assert_press_refused_audited(&h, ALICE).await;
+    assert_eq!(
+        h.answer_of(&unknown).await.as_deref(),
+        Some(REFUSED_PRESS_TEXT)
+    );
+    assert_press_refused_audited(&h, ALICE).await;
+    // Then the real press: the only thing published.
+    let real =
+        h.tg.user_presses(ALICE, ALICE, card.message_id, "rj:0123456789");
+    assert_eq!(h.answer_of(&real).await, None);
+    assert_eq!(
+        decisions(&h.chat_in(&js, 1).await),
+        [(
+            "telegram:42".to_owned(),
+            "rj:0123456789".to_owned(),
+            card.message_id.to_string()
+        )]
+    );
+    until("every update confirmed", || h.tg.pending_updates() == 0).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_button_pressed_from_another_chat_is_refused() {
+    let h = Harness::start().await;
+    let gw = h.gateway_for(&[ALICE, BOB]).await;
+    let js = h.orchestrator().await;
+    let card = h.post_card(&js).await;
+    // Bob's chat has a message with the same id (no buttons).
+    let tg = ChannelName::new("telegram").unwrap();
+    let mut to_bob = out("note-bob", "hello Bob", vec![]);
+    to_bob.chat.chat_id = PlatformRef::new(BOB.to_string()).unwrap();
+    h.publish_out(&js, Subject::chat_out(&tg), ChatOut::Post(to_bob))
+        .await;
+    until("Bob's message", || h.tg.sent().len() == 2).await;
+    let bobs = h.tg.sent()[1].clone();
+    assert_eq!((bobs.chat_id, bobs.message_id), (BOB, card.message_id));
+    // Alice's Approve, pressed with Bob's chat and message ids: by Bob, and by Alice.
+    let by_bob =
+        h.tg.user_presses(BOB, BOB, card.message_id, "ap:0123456789");
+    assert_eq!(
+        h.answer_of(&by_bob).await.as_deref(),
+        Some(REFUSED_PRESS_TEXT)
+    );
+    assert_press_refused_audited(&h, BOB).await;
+    let by_alice =
+        h.tg.user_presses(ALICE, BOB, card.message_id, "ap:0123456789");
+    assert_eq!(
+        h.answer_of(&by_alice).await.as_deref(),
+        Some(REFUSED_PRESS_TEXT)
+    );
+    assert_press_refused_audited(&h, ALICE).await;
+    assert!(h.chat_in(&js, 0).await.is_empty(), "nothing published");
+    until("every update confirmed", || h.tg.pending_updates() == 0).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_button_whose_keyboard_an_edit_removed_is_refused() {
+    let h = Harness::start().await;
+    let gw = h.gateway().await;
+    let js = h.orchestrator().await;
+    let card = h.post_card(&js).await;
+    let tg = ChannelName::new("telegram").unwrap();
+    let approval = plan().approval_id.to_string();
+    h.publish_out(
+        &js,
+        Subject::chat_out(&tg),
+        ChatOut::Update(out(&approval, "Approved.", vec![])),
+    )
+    .await;
+    until("the edit", || h.tg.edits().len() == 1).await;
+    assert_eq!(h.tg.edits()[0].reply_markup, None);
+    let stale =
+        h.tg.user_presses(ALICE, ALICE, card.message_id, "ap:0123456789");
+    assert_eq!(
+        h.answer_of(&stale).await.as_deref(),
+        Some(REFUSED_PRESS_TEXT)
+    );
+    assert_press_refused_audited(&h, ALICE).await;
+    assert!(h.chat_in(&js, 0).await.is_empty(), "nothing published");
+
+    // An edit that shows new buttons: only those count from now on.
+    let again = vec![Button {
+        label: "Undo".into(),
+        payload: "un:0123456789".into(),
+    }];
+    h.publish_out(
+        &js,
+        Subject::chat_out(&tg),
+        ChatOut::Update(out(&approval, "Approved. Undo?", again)),
+    )
+    .await;
+    until("the second edit", || h.tg.edits().len() == 2).await;
+    let old =
+        h.tg.user_presses(ALICE, ALICE, card.message_id, "rj:0123456789");
+    assert_eq!(h.answer_of(&old).await.as_deref(), Some(REFUSED_PRESS_TEXT));
+    let undo =
+        h.tg.user_presses(ALICE, ALICE, card.message_id, "un:0123456789");
+    assert_eq!(h.answer_of(&undo).await, None);
+    assert_eq!(
+        decisions(&h.chat_in(&js, 1).await),
+        [(
+            "telegram:42".to_owned(),
+            "un:0123456789".to_owned(),
+            card.message_id.to_string()
+        )]
     );
     gw.stop().await;
 }
