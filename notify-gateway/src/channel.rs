@@ -59,6 +59,22 @@ pub enum InboundKind {
         /// The button's payload as the platform returned it.
         payload: String,
     },
+    /// A typed decision on a channel without buttons ("approve 4821" on iMessage): the verdict
+    /// and the plan's short code, already parsed by the adapter.
+    Code {
+        /// The sender's platform user id.
+        sender: String,
+        /// The conversation id.
+        chat_id: String,
+        /// Whether the conversation is a private (one-to-one) chat with the assistant.
+        private: bool,
+        /// The platform's message id.
+        message_id: String,
+        /// Approve or reject.
+        verdict: protocol::message::Verdict,
+        /// The short code (digits) the user typed.
+        code: String,
+    },
     /// Something the gateway does not handle (edits, joins, media, ...): skipped, but its
     /// cursor is still confirmed.
     Ignored {

@@ -10,6 +10,12 @@
 //! allowed_users = [123456789]                                 # Telegram user ids
 //! # api_url = "https://api.telegram.org/"                    # tests point this at a double
 //! # poll_timeout_secs = 10
+//!
+//! [imessage]                                   # macOS only (feature `imessage`)
+//! allowed_handles = ["+447700900123", "me@icloud.com"]      # phone numbers / Apple ID emails
+//! # chat_db = "/Users/me/Library/Messages/chat.db"           # the default
+//! # osascript = "/usr/bin/osascript"                        # the default on macOS
+//! # poll_interval_ms = 2000
 //! ```
 //!
 //! What it does not do: no environment overrides yet; the token is read by
@@ -67,6 +73,24 @@ pub struct Config {
     pub state_db: PathBuf,
     /// The Telegram channel, if enabled.
     pub telegram: Option<TelegramConfig>,
+    /// The iMessage channel, if enabled.
+    pub imessage: Option<IMessageConfig>,
+}
+
+/// The iMessage channel (macOS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IMessageConfig {
+    /// Handles (phone numbers with country code, or Apple ID emails) allowed to talk to the
+    /// assistant. Compared after normalisation (digits only for numbers, lowercase emails).
+    pub allowed_handles: Vec<String>,
+    /// The Messages database (default `$HOME/Library/Messages/chat.db`).
+    pub chat_db: Option<PathBuf>,
+    /// The `osascript` program (default `/usr/bin/osascript` on macOS; required elsewhere).
+    pub osascript: Option<PathBuf>,
+    /// How long to wait between reads of `chat.db` that found nothing (100 to 60000 ms,
+    /// default 2000).
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// The Telegram channel.
@@ -110,6 +134,20 @@ impl Config {
             if t.poll_timeout_secs.is_some_and(|s| s == 0 || s > 12) {
                 return Err(ParseFailure::Invalid(
                     "telegram.poll_timeout_secs must be 1 to 12",
+                ));
+            }
+        }
+        if let Some(i) = &c.imessage {
+            if i.allowed_handles.is_empty() {
+                return Err(ParseFailure::Invalid(
+                    "imessage.allowed_handles is empty: nobody could talk to the assistant",
+                ));
+            }
+            if i.poll_interval_ms
+                .is_some_and(|ms| !(100..=60_000).contains(&ms))
+            {
+                return Err(ParseFailure::Invalid(
+                    "imessage.poll_interval_ms must be 100 to 60000",
                 ));
             }
         }
@@ -166,6 +204,19 @@ mod tests {
         assert!(matches!(
             Config::parse(&unknown),
             Err(ParseFailure::Toml(_))
+        ));
+        let im = format!(
+            "{ok}\n[imessage]\nallowed_handles = [\"+44 7700 900123\"]\npoll_interval_ms = 500\n"
+        );
+        let c = Config::parse(&im).ok().unwrap();
+        assert_eq!(c.imessage.unwrap().allowed_handles, vec!["+44 7700 900123"]);
+        assert!(matches!(
+            Config::parse(&im.replace("[\"+44 7700 900123\"]", "[]")),
+            Err(ParseFailure::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::parse(&im.replace("500", "5")),
+            Err(ParseFailure::Invalid(_))
         ));
     }
 }

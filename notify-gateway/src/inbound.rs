@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use audit::emit::AuditEmitter;
 use protocol::message::{
-    AuditEvent, ButtonPress, ChatDecision, ChatIn, ChatRef, ErrorCode, InboundText,
+    AuditEvent, ButtonPress, ChatDecision, ChatIn, ChatRef, CodeReply, ErrorCode, InboundText,
     MAX_BUTTON_PAYLOAD, MAX_CHAT_TEXT, PlatformRef,
 };
 use protocol::{
@@ -66,6 +66,8 @@ pub enum Action {
         /// The platform's press id, to answer.
         press_id: String,
     },
+    /// Publish a typed decision (no press to answer) on `chat.decision.<channel>`.
+    Decide(ChatDecision),
     /// Drop it and write an audit row: the sender is not allowed.
     RejectSender {
         /// The sender's platform id.
@@ -141,6 +143,46 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, show
             })();
             match built {
                 Ok(body) => Action::Say(body),
+                Err(_invalid) => Action::Skip {
+                    code: "message_invalid",
+                    press_id: None,
+                },
+            }
+        }
+        InboundKind::Code {
+            sender,
+            chat_id,
+            private,
+            message_id,
+            verdict,
+            code,
+        } => {
+            if !allow.allows(sender) {
+                return Action::RejectSender {
+                    platform_user: sender.clone(),
+                    code: "sender_not_allowlisted",
+                    press_id: None,
+                };
+            }
+            if !private {
+                return Action::Skip {
+                    code: "chat_not_private",
+                    press_id: None,
+                };
+            }
+            let built = (|| {
+                let decision = ChatDecision::Code(CodeReply {
+                    chat: chat_ref(channel, chat_id)?,
+                    user: ChatUser::from_parts(channel, sender).map_err(|e| e.to_string())?,
+                    verdict: *verdict,
+                    code: code.clone(),
+                    platform_ref: PlatformRef::new(message_id.clone())?,
+                });
+                protocol::Body::validate(&decision)?;
+                Ok::<_, String>(decision)
+            })();
+            match built {
+                Ok(decision) => Action::Decide(decision),
                 Err(_invalid) => Action::Skip {
                     code: "message_invalid",
                     press_id: None,
@@ -321,6 +363,17 @@ async fn handle(
             .await?;
             Ok(sent.then_some(Some((press_id, None))))
         }
+        Action::Decide(decision) => {
+            let sent = publish_until_acked(
+                js,
+                Subject::chat_decision(name),
+                &event.dedup_id,
+                decision,
+                shutdown,
+            )
+            .await?;
+            Ok(sent.then_some(None))
+        }
         Action::RejectSender {
             platform_user,
             code,
@@ -427,6 +480,15 @@ mod tests {
                 )
             }
             Action::Press { .. } => "press (other)".to_owned(),
+            Action::Decide(ChatDecision::Code(c)) => format!(
+                "decide {:?} {} by {} in {} (msg {})",
+                c.verdict,
+                c.code,
+                c.user,
+                c.chat.chat_id.as_str(),
+                c.platform_ref.as_str()
+            ),
+            Action::Decide(_) => "decide (other)".to_owned(),
             Action::RejectSender {
                 platform_user,
                 code,
@@ -520,6 +582,36 @@ mod tests {
                 what: "edited_message",
             },
             expect!["skip update_kind_not_handled None"],
+        );
+    }
+
+    #[test]
+    fn typed_code_replies_become_decisions_for_allowlisted_senders_only() {
+        use expect_test::expect;
+        use protocol::message::Verdict;
+        let code = |sender: &str, private: bool, code: &str| InboundKind::Code {
+            sender: sender.into(),
+            chat_id: sender.into(),
+            private,
+            message_id: "17".into(),
+            verdict: Verdict::Approve,
+            code: code.into(),
+        };
+        check(
+            code("42", true, "4821"),
+            expect!["decide Approve 4821 by telegram:42 in 42 (msg 17)"],
+        );
+        check(
+            code("43", true, "4821"),
+            expect!["reject 43 sender_not_allowlisted None"],
+        );
+        check(
+            code("42", false, "4821"),
+            expect!["skip chat_not_private None"],
+        );
+        check(
+            code("42", true, "48x1"),
+            expect!["skip message_invalid None"],
         );
     }
 

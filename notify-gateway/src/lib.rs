@@ -13,13 +13,16 @@
 //!
 //! What it does not do: it holds no capability key and never signs or verifies button MACs
 //! (the orchestrator does); it may publish only chat input, decisions and its own audit events
-//! and read only chat output (`protocol::acl`, identity `gateway`). Slack, iMessage and web chat
-//! are not implemented yet; nor are pairing (`bot pair`), per-user rate limits or webhooks.
+//! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
+//! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack and web chat are not implemented
+//! yet; nor are pairing (`bot pair`), per-user rate limits or webhooks.
 
 #![forbid(unsafe_code)]
 
 pub mod channel;
 pub mod config;
+#[cfg(feature = "imessage")]
+pub mod imessage;
 pub mod inbound;
 pub mod outbound;
 pub mod store;

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use notify_gateway::config::Config;
+#[cfg(feature = "imessage")]
+use notify_gateway::imessage::{ChatDb, IMessage, default_osascript, normalize_handle};
 use notify_gateway::inbound::Allowlist;
 use notify_gateway::store::Store;
 use notify_gateway::telegram::{BotToken, Telegram};
@@ -45,30 +47,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Some(tg) = config.telegram.clone() else {
+    if config.telegram.is_none() && config.imessage.is_none() {
         tracing::error!(
             code = "config_invalid",
-            "no channel configured ([telegram])"
+            "no channel configured ([telegram] or [imessage])"
         );
         return ExitCode::from(EXIT_CONFIG);
-    };
-    let token = match tg.read_token() {
-        Ok(t) => BotToken::new(&t),
-        Err(e) => {
-            tracing::error!(code = e.code(), error = %e, "bad telegram token file");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let api_url = match tg.api_url.as_deref().map(url::Url::parse).transpose() {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(code = "config_invalid", error = %e, "bad telegram.api_url");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let Ok(name) = ChannelName::new("telegram") else {
-        return ExitCode::FAILURE;
-    };
+    }
     let store = match Store::open(&config.state_db) {
         Ok(s) => s,
         Err(e) => {
@@ -76,13 +61,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let channel = Telegram::new(
-        &token,
-        api_url,
-        Duration::from_secs(tg.poll_timeout_secs.unwrap_or(10)),
-        name,
-    );
-    let allow = Allowlist::new(tg.allowed_users.iter().map(u64::to_string));
+    let telegram = match config.telegram.as_ref().map(telegram_channel).transpose() {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    #[cfg(feature = "imessage")]
+    let imessage = match config.imessage.as_ref().map(imessage_channel).transpose() {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    #[cfg(not(feature = "imessage"))]
+    if config.imessage.is_some() {
+        tracing::error!(
+            code = "config_invalid",
+            "[imessage] is configured but this build has no iMessage support"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -107,8 +102,67 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let result =
-            notify_gateway::run(channel, allow, client.clone(), store, shutdown_signal()).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let signal = async {
+            shutdown_signal().await;
+            stop_tx.send_replace(true);
+        };
+        let telegram = async {
+            match telegram {
+                Some((channel, allow)) => {
+                    notify_gateway::run(
+                        channel,
+                        allow,
+                        client.clone(),
+                        store.clone(),
+                        stopped(stop_rx.clone()),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        #[cfg(feature = "imessage")]
+        let imessage = async {
+            match imessage {
+                Some((channel, allow)) => {
+                    notify_gateway::run(
+                        channel,
+                        allow,
+                        client.clone(),
+                        store.clone(),
+                        stopped(stop_rx.clone()),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        #[cfg(not(feature = "imessage"))]
+        let imessage = async { Ok::<(), notify_gateway::GatewayError>(()) };
+        // Both channels run until a signal; when one fails, the other is stopped too.
+        let channels = async {
+            let (a, b) = tokio::join!(
+                async {
+                    let r = telegram.await;
+                    stop_tx.send_replace(true);
+                    r
+                },
+                async {
+                    let r = imessage.await;
+                    stop_tx.send_replace(true);
+                    r
+                }
+            );
+            a.and(b)
+        };
+        let result = tokio::select! {
+            r = channels => r,
+            () = async { signal.await; std::future::pending::<()>().await } => Ok(()),
+        };
         let _ = client.flush().await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -118,6 +172,86 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The Telegram channel and its allowlist, or the exit code for a bad configuration.
+fn telegram_channel(
+    tg: &notify_gateway::config::TelegramConfig,
+) -> Result<(Telegram, Allowlist), ExitCode> {
+    let token = match tg.read_token() {
+        Ok(t) => BotToken::new(&t),
+        Err(e) => {
+            tracing::error!(code = e.code(), error = %e, "bad telegram token file");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let api_url = match tg.api_url.as_deref().map(url::Url::parse).transpose() {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(code = "config_invalid", error = %e, "bad telegram.api_url");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let Ok(name) = ChannelName::new("telegram") else {
+        return Err(ExitCode::FAILURE);
+    };
+    let channel = Telegram::new(
+        &token,
+        api_url,
+        Duration::from_secs(tg.poll_timeout_secs.unwrap_or(10)),
+        name,
+    );
+    let allow = Allowlist::new(tg.allowed_users.iter().map(u64::to_string));
+    Ok((channel, allow))
+}
+
+/// The iMessage channel and its allowlist (normalised handles), or the exit code for a bad
+/// configuration.
+#[cfg(feature = "imessage")]
+fn imessage_channel(
+    im: &notify_gateway::config::IMessageConfig,
+) -> Result<(IMessage, Allowlist), ExitCode> {
+    let handles: Vec<String> = im
+        .allowed_handles
+        .iter()
+        .filter_map(|h| normalize_handle(h))
+        .collect();
+    if handles.len() != im.allowed_handles.len() {
+        tracing::error!(
+            code = "config_invalid",
+            "imessage.allowed_handles holds an entry that is neither a phone number nor an email"
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    if im.osascript.is_none() && default_osascript().is_none() {
+        tracing::error!(
+            code = "imessage_unsupported_platform",
+            "iMessage needs macOS (or imessage.osascript)"
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    let chat_db = match (&im.chat_db, std::env::var_os("HOME")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(home)) => ChatDb::default_path(std::path::Path::new(&home)),
+        (None, None) => {
+            tracing::error!(
+                code = "config_invalid",
+                "imessage.chat_db unset and no HOME"
+            );
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let Ok(name) = ChannelName::new("imessage") else {
+        return Err(ExitCode::FAILURE);
+    };
+    let channel = IMessage::new(
+        name,
+        ChatDb::new(chat_db),
+        &handles,
+        im.osascript.clone(),
+        Duration::from_millis(im.poll_interval_ms.unwrap_or(2_000)),
+    );
+    Ok((channel, Allowlist::new(handles)))
 }
 
 async fn shutdown_signal() {
