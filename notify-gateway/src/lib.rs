@@ -14,8 +14,9 @@
 //! What it does not do: it holds no capability key and never signs or verifies button MACs
 //! (the orchestrator does); it may publish only chat input, decisions and its own audit events
 //! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
-//! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack and web chat are not implemented
-//! yet; nor are pairing (`bot pair`), per-user rate limits or webhooks.
+//! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack: only request-signing
+//! verification ([`slack::signing`], feature `slack`) exists; the Slack transport and web chat are
+//! not implemented yet; nor are pairing (`bot pair`), per-user rate limits or webhooks.
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,8 @@ pub mod config;
 pub mod imessage;
 pub mod inbound;
 pub mod outbound;
+#[cfg(feature = "slack")]
+pub mod slack;
 pub mod store;
 #[cfg(feature = "telegram")]
 pub mod telegram;
