@@ -112,18 +112,8 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, show
             message_id,
             text,
         } => {
-            if !allow.allows(sender) {
-                return Action::RejectSender {
-                    platform_user: sender.clone(),
-                    code: "sender_not_allowlisted",
-                    press_id: None,
-                };
-            }
-            if !private {
-                return Action::Skip {
-                    code: "chat_not_private",
-                    press_id: None,
-                };
+            if let Some(refused) = admit(allow, sender, *private, None) {
+                return refused;
             }
             let built = (|| {
                 let chat = chat_ref(channel, chat_id)?;
@@ -157,18 +147,8 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, show
             verdict,
             code,
         } => {
-            if !allow.allows(sender) {
-                return Action::RejectSender {
-                    platform_user: sender.clone(),
-                    code: "sender_not_allowlisted",
-                    press_id: None,
-                };
-            }
-            if !private {
-                return Action::Skip {
-                    code: "chat_not_private",
-                    press_id: None,
-                };
+            if let Some(refused) = admit(allow, sender, *private, None) {
+                return refused;
             }
             let built = (|| {
                 let decision = ChatDecision::Code(CodeReply {
@@ -198,18 +178,8 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, show
             payload,
         } => {
             let press = Some(press_id.clone());
-            if !allow.allows(sender) {
-                return Action::RejectSender {
-                    platform_user: sender.clone(),
-                    code: "sender_not_allowlisted",
-                    press_id: press,
-                };
-            }
-            if !private {
-                return Action::Skip {
-                    code: "chat_not_private",
-                    press_id: press,
-                };
+            if let Some(refused) = admit(allow, sender, *private, press.clone()) {
+                return refused;
             }
             if payload.is_empty() || payload.len() > MAX_BUTTON_PAYLOAD {
                 return Action::Skip {
@@ -246,6 +216,30 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, show
             }
         }
     }
+}
+
+/// Default deny, the same for every kind of event: an allowlisted sender in a private chat,
+/// or the action that refuses it (`None`: admitted).
+fn admit(
+    allow: &Allowlist,
+    sender: &str,
+    private: bool,
+    press_id: Option<String>,
+) -> Option<Action> {
+    if !allow.allows(sender) {
+        return Some(Action::RejectSender {
+            platform_user: sender.to_owned(),
+            code: "sender_not_allowlisted",
+            press_id,
+        });
+    }
+    if !private {
+        return Some(Action::Skip {
+            code: "chat_not_private",
+            press_id,
+        });
+    }
+    None
 }
 
 fn chat_ref(channel: &ChannelName, chat_id: &str) -> Result<ChatRef, String> {
