@@ -768,21 +768,30 @@ async fn the_hue_agent_in_its_container_refuses_every_bad_token() {
         assert_eq!(result, "refused", "{target}: {detail}");
         assert!(detail.contains("403"), "{target}: {detail}");
     }
-    let events = audit_events(&endpoint, &home).await;
-    let egress_refusals: Vec<(Option<String>, String, String)> = events
-        .iter()
-        .filter(|e| e.sender.as_str() == "egress")
-        .filter_map(|e| match &e.body {
-            AuditEvent::EgressRefused {
-                agent, host, code, ..
-            } => Some((
-                agent.as_ref().map(ToString::to_string),
-                host.clone(),
-                code.as_str().to_owned(),
-            )),
-            _ => None,
-        })
-        .collect();
+    // The proxy answers 403 and audits the refusal on its own connection: the events may
+    // reach the stream a moment after the probe saw its answers, so wait for them (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let egress_refusals: Vec<(Option<String>, String, String)> = loop {
+        let events = audit_events(&endpoint, &home).await;
+        let found: Vec<(Option<String>, String, String)> = events
+            .iter()
+            .filter(|e| e.sender.as_str() == "egress")
+            .filter_map(|e| match &e.body {
+                AuditEvent::EgressRefused {
+                    agent, host, code, ..
+                } => Some((
+                    agent.as_ref().map(ToString::to_string),
+                    host.clone(),
+                    code.as_str().to_owned(),
+                )),
+                _ => None,
+            })
+            .collect();
+        if found.len() >= refused_targets.len() || std::time::Instant::now() >= deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         egress_refusals.len() >= refused_targets.len(),
         "{egress_refusals:?}"
