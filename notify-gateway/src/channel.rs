@@ -143,6 +143,19 @@ pub trait Channel: Send + Sync + 'static {
         after: Option<u64>,
     ) -> impl Future<Output = Result<Vec<InboundEvent>, DeliveryError>> + Send;
 
+    /// Called once the event at `cursor` (and every event before it) has been handled for good:
+    /// published and acknowledged by JetStream, or refused and audited, and the cursor
+    /// persisted. Push-based platforms (Slack Socket Mode, webhooks, web chat) acknowledge the
+    /// platform here, so an event the gateway has not secured is redelivered by the platform.
+    /// Polling platforms need nothing (the next `poll` after the cursor is the acknowledgement).
+    ///
+    /// A push-based channel numbers its events itself: the first `poll` receives the
+    /// persisted cursor, and every event it returns must have a cursor above it.
+    fn confirm(&self, cursor: u64) -> impl Future<Output = ()> + Send {
+        let _ = cursor;
+        std::future::ready(())
+    }
+
     /// Answers a button press (stops the client's spinner), with a short notification `text`
     /// if given. Best effort.
     fn answer_press(

@@ -295,6 +295,8 @@ pub async fn run<C: Channel>(
         };
         for event in events {
             if cursor.is_some_and(|c| event.cursor <= c) {
+                // Already handled (a push channel redelivered it): acknowledge it again.
+                channel.confirm(event.cursor).await;
                 continue;
             }
             let press = handle(&name, allow, js, audit, store, &event, &mut shutdown).await?;
@@ -303,6 +305,7 @@ pub async fn run<C: Channel>(
             };
             store.set_cursor(name.as_str(), event.cursor).await?;
             cursor = Some(event.cursor);
+            channel.confirm(event.cursor).await;
             if let Some((press_id, text)) = press
                 && let Err(e) = channel.answer_press(&press_id, text).await
             {
