@@ -12,19 +12,22 @@
 //! cursor; finally answer a button press (a refused one with a short generic text). A failed
 //! publish is retried with backoff and the cursor does not move, so nothing is skipped; a
 //! restart re-reads from the persisted cursor, so nothing is replayed beyond the duplicate
-//! window's protection.
+//! window's protection. Allowlisted users are held to [`Limits`]: a text over the length
+//! limit, or anything over the per-user rate ([`rate_limit`]), is refused with an
+//! `input_refused` audit row and a short notice carrying a code and the audit row's
+//! correlation id (once per streak of refusals, so the notice cannot become an amplifier).
 //!
 //! What it does not do: it holds no MAC key and does not verify button MACs (the orchestrator
-//! does, fail-closed, along with the approver), rate-limit users, or reply to refused senders
-//! (no reply content, by design).
+//! does, fail-closed, along with the approver), or reply to refused senders (no reply content,
+//! by design).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use audit::emit::AuditEmitter;
 use protocol::message::{
     AuditEvent, ButtonPress, ChatDecision, ChatIn, ChatRef, CodeReply, ErrorCode, InboundText,
-    MAX_BUTTON_PAYLOAD, MAX_CHAT_TEXT, PlatformRef,
+    MAX_BUTTON_PAYLOAD, OutboundMessage, PlatformRef,
 };
 use protocol::{
     ChannelName, ChatUser, CorrelationId, Envelope, MessageId, Principal, Subject, UnixMillis,
@@ -33,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::GatewayError;
 use crate::channel::{Channel, InboundEvent, InboundKind};
+use crate::limits::{Limits, RateDecision, RateLimiter};
 use crate::store::Store;
 
 /// The notification shown when a press is refused because its button is not (or no longer)
@@ -87,6 +91,21 @@ pub enum Action {
         /// The press to answer.
         press_id: String,
     },
+    /// Drop input from an allowlisted user that breaks a limit (too long, over the rate): write
+    /// an `input_refused` audit row and, if `notice` is set, tell the user (as a press answer
+    /// for a press, else as a message in `chat`). Nothing is published.
+    RefuseInput {
+        /// Who sent it.
+        by: ChatUser,
+        /// Where.
+        chat: ChatRef,
+        /// Why.
+        code: &'static str,
+        /// What to tell the user (once per streak), without the reference.
+        notice: Option<String>,
+        /// The press to answer, if it was a press.
+        press_id: Option<String>,
+    },
     /// Drop it quietly (not something we handle, or malformed).
     Skip {
         /// Why.
@@ -99,7 +118,13 @@ pub enum Action {
 /// The default-deny decision for one event. Pure. `shown`: for a button press, whether the
 /// gateway currently shows a button with exactly this payload on the press's message in the
 /// press's chat ([`Store::button_shown`]); ignored for other events.
-pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, shown: bool) -> Action {
+pub fn decide(
+    channel: &ChannelName,
+    allow: &Allowlist,
+    limits: &Limits,
+    kind: &InboundKind,
+    shown: bool,
+) -> Action {
     match kind {
         InboundKind::Ignored { .. } => Action::Skip {
             code: "update_kind_not_handled",
@@ -115,13 +140,31 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, show
             if let Some(refused) = admit(allow, sender, *private, None) {
                 return refused;
             }
+            if !limits.text_fits(text) {
+                return match (
+                    ChatUser::from_parts(channel, sender),
+                    chat_ref(channel, chat_id),
+                ) {
+                    (Ok(by), Ok(chat)) => Action::RefuseInput {
+                        by,
+                        chat,
+                        code: "chat_text_too_long",
+                        notice: Some(format!(
+                            "That message is too long: the limit is {} characters.",
+                            limits.max_text_chars
+                        )),
+                        press_id: None,
+                    },
+                    _ => Action::Skip {
+                        code: "message_invalid",
+                        press_id: None,
+                    },
+                };
+            }
             let built = (|| {
                 let chat = chat_ref(channel, chat_id)?;
                 let user = ChatUser::from_parts(channel, sender).map_err(|e| e.to_string())?;
                 let platform_message_id = PlatformRef::new(message_id.clone())?;
-                if text.len() > MAX_CHAT_TEXT {
-                    return Err("text too long".to_owned());
-                }
                 let body = ChatIn::Text(InboundText {
                     chat,
                     user,
@@ -129,7 +172,7 @@ pub fn decide(channel: &ChannelName, allow: &Allowlist, kind: &InboundKind, show
                     text: text.clone(),
                 });
                 protocol::Body::validate(&body)?;
-                Ok(body)
+                Ok::<_, String>(body)
             })();
             match built {
                 Ok(body) => Action::Say(body),
@@ -259,12 +302,18 @@ pub fn backoff(attempt: u32) -> Duration {
 pub async fn run<C: Channel>(
     channel: &C,
     allow: &Allowlist,
+    limits: Limits,
     js: &async_nats::jetstream::Context,
     audit: &AuditEmitter,
     store: &Store,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
     let name = channel.name().clone();
+    let mut limiter = RateLimiter::new(limits);
+    let gate = Gate {
+        allow,
+        limits: &limits,
+    };
     let mut cursor = store.cursor(name.as_str()).await?;
     let mut failures = 0u32;
     loop {
@@ -299,7 +348,17 @@ pub async fn run<C: Channel>(
                 channel.confirm(event.cursor).await;
                 continue;
             }
-            let press = handle(&name, allow, js, audit, store, &event, &mut shutdown).await?;
+            let press = handle(
+                channel,
+                &gate,
+                &mut limiter,
+                js,
+                audit,
+                store,
+                &event,
+                &mut shutdown,
+            )
+            .await?;
             let Some(press) = press else {
                 return Ok(());
             };
@@ -307,7 +366,7 @@ pub async fn run<C: Channel>(
             cursor = Some(event.cursor);
             channel.confirm(event.cursor).await;
             if let Some((press_id, text)) = press
-                && let Err(e) = channel.answer_press(&press_id, text).await
+                && let Err(e) = channel.answer_press(&press_id, text.as_deref()).await
             {
                 tracing::warn!(channel = %name, code = e.code(), error = %e, "could not answer a button press");
             }
@@ -316,19 +375,65 @@ pub async fn run<C: Channel>(
 }
 
 /// A press to answer: its id and the notification text, if any.
-type Answer = Option<(String, Option<&'static str>)>;
+type Answer = Option<(String, Option<String>)>;
+
+/// Who may talk, within which limits.
+struct Gate<'a> {
+    allow: &'a Allowlist,
+    limits: &'a Limits,
+}
+
+/// Applies the per-user rate to an action that would publish: over the rate, it becomes a
+/// refusal (the user told on the first refusal of a streak; a press is always answered).
+pub fn rate_limit(action: Action, limiter: &mut RateLimiter, now: Instant) -> Action {
+    let (by, chat, press_id) = match &action {
+        Action::Say(ChatIn::Text(t)) => (t.user.clone(), t.chat.clone(), None),
+        Action::Press {
+            decision: ChatDecision::Button(b),
+            press_id,
+        } => (b.user.clone(), b.chat.clone(), Some(press_id.clone())),
+        Action::Decide(ChatDecision::Code(c)) => (c.user.clone(), c.chat.clone(), None),
+        // A refusal with a notice spends the budget too, or it would be an amplifier.
+        Action::RefuseInput {
+            by, chat, press_id, ..
+        } => (by.clone(), chat.clone(), press_id.clone()),
+        _ => return action,
+    };
+    match limiter.check(by.as_str(), now) {
+        RateDecision::Allowed => action,
+        RateDecision::Limited { first, retry_after } => {
+            // Whole seconds, rounded up, at least one.
+            let wait = retry_after
+                .as_secs()
+                .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+                .max(1);
+            let notice = (first || press_id.is_some())
+                .then(|| format!("Too many messages: please wait {wait} s and try again."));
+            Action::RefuseInput {
+                by,
+                chat,
+                code: "rate_limited",
+                notice,
+                press_id,
+            }
+        }
+    }
+}
 
 /// Handles one event up to (not including) the cursor write. `Ok(None)`: shutting down
 /// before the publish was acknowledged; `Ok(Some(answer))`: done, answer the press if any.
-async fn handle(
-    name: &ChannelName,
-    allow: &Allowlist,
+#[allow(clippy::too_many_arguments)]
+async fn handle<C: Channel>(
+    channel: &C,
+    gate: &Gate<'_>,
+    limiter: &mut RateLimiter,
     js: &async_nats::jetstream::Context,
     audit: &AuditEmitter,
     store: &Store,
     event: &InboundEvent,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Answer>, GatewayError> {
+    let name = channel.name();
     let shown = match &event.kind {
         InboundKind::Button {
             chat_id: Some(chat_id),
@@ -342,7 +447,8 @@ async fn handle(
         }
         _ => false,
     };
-    match decide(name, allow, &event.kind, shown) {
+    let action = decide(name, gate.allow, gate.limits, &event.kind, shown);
+    match rate_limit(action, limiter, Instant::now()) {
         Action::Say(body) => {
             let sent =
                 publish_until_acked(js, Subject::chat_in(name), &event.dedup_id, body, shutdown)
@@ -396,7 +502,42 @@ async fn handle(
             if let Err(e) = audit.emit(CorrelationId::random(), event).await {
                 tracing::warn!(channel = %name, code = e.code(), error = %e, "could not audit a refused press");
             }
-            Ok(Some(Some((press_id, Some(REFUSED_PRESS_TEXT)))))
+            Ok(Some(Some((press_id, Some(REFUSED_PRESS_TEXT.to_owned())))))
+        }
+        Action::RefuseInput {
+            by,
+            chat,
+            code,
+            notice,
+            press_id,
+        } => {
+            tracing::warn!(channel = %name, code, "input from an allowlisted user refused");
+            let correlation = CorrelationId::random();
+            let event = AuditEvent::InputRefused {
+                by,
+                code: ErrorCode::from_static(code),
+            };
+            if let Err(e) = audit.emit(correlation, event).await {
+                tracing::warn!(channel = %name, code = e.code(), error = %e, "could not audit refused input");
+            }
+            let notice = notice.map(|n| format!("{n} (code {code}, ref {correlation})"));
+            match (press_id, notice) {
+                (Some(press_id), notice) => Ok(Some(Some((press_id, notice)))),
+                (None, Some(text)) => {
+                    let message = OutboundMessage {
+                        key: format!("notice-{correlation}"),
+                        chat: chat.clone(),
+                        text,
+                        buttons: Vec::new(),
+                    };
+                    let rendered = channel.render_message(&message);
+                    if let Err(e) = channel.post(chat.chat_id.as_str(), &rendered).await {
+                        tracing::warn!(channel = %name, code = e.code(), error = %e, "could not tell the user their input was refused");
+                    }
+                    Ok(Some(None))
+                }
+                (None, None) => Ok(Some(None)),
+            }
         }
         Action::Skip { code, press_id } => {
             tracing::info!(channel = %name, code, "inbound event skipped");
@@ -458,7 +599,12 @@ mod tests {
     fn check_shown(kind: InboundKind, shown: bool, expect: expect_test::Expect) {
         let channel = ChannelName::new("telegram").unwrap();
         let allow = Allowlist::new(["42"]);
-        let action = match decide(&channel, &allow, &kind, shown) {
+        let action = decide(&channel, &allow, &Limits::default(), &kind, shown);
+        expect.assert_eq(&describe(action));
+    }
+
+    fn describe(action: Action) -> String {
+        match action {
             Action::Say(ChatIn::Text(t)) => format!(
                 "say {} {:?} from {}",
                 t.chat.chat_id.as_str(),
@@ -494,9 +640,93 @@ mod tests {
             Action::RejectPress { by, code, press_id } => {
                 format!("refuse press by {by} {code} ({press_id})")
             }
+            Action::RefuseInput {
+                by,
+                chat,
+                code,
+                notice,
+                press_id,
+            } => format!(
+                "refuse input by {by} in {} {code} {notice:?} {press_id:?}",
+                chat.chat_id.as_str()
+            ),
             Action::Skip { code, press_id } => format!("skip {code} {press_id:?}"),
+        }
+    }
+
+    #[test]
+    fn too_long_text_is_refused_with_a_notice() {
+        use expect_test::expect;
+        let channel = ChannelName::new("telegram").unwrap();
+        let allow = Allowlist::new(["42"]);
+        let limits = Limits {
+            max_text_chars: 5,
+            ..Limits::default()
         };
-        expect.assert_eq(&action);
+        let d = |t: &str| {
+            describe(decide(
+                &channel,
+                &allow,
+                &limits,
+                &text("42", true, t),
+                true,
+            ))
+        };
+        expect![[r#"say 42 "héllo" from telegram:42"#]].assert_eq(&d("héllo"));
+        expect![[r#"refuse input by telegram:42 in 42 chat_text_too_long Some("That message is too long: the limit is 5 characters.") None"#]]
+            .assert_eq(&d("hello!"));
+        // A stranger's long text is a stranger's text: rejected without a notice.
+        let stranger = decide(&channel, &allow, &limits, &text("43", true, "hello!"), true);
+        expect!["reject 43 sender_not_allowlisted None"].assert_eq(&describe(stranger));
+        // The protocol's byte bound holds whatever the configured character limit.
+        let huge = "x".repeat(protocol::message::MAX_CHAT_TEXT + 1);
+        let unlimited = Limits {
+            max_text_chars: usize::MAX,
+            ..Limits::default()
+        };
+        let a = decide(&channel, &allow, &unlimited, &text("42", true, &huge), true);
+        assert!(matches!(
+            a,
+            Action::RefuseInput {
+                code: "chat_text_too_long",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rate_limit_refuses_publishing_actions_and_tells_once() {
+        use expect_test::expect;
+        let channel = ChannelName::new("telegram").unwrap();
+        let allow = Allowlist::new(["42", "7"]);
+        let limits = Limits {
+            max_text_chars: 100,
+            burst: 2,
+            refill_every: Duration::from_secs(10),
+        };
+        let mut limiter = RateLimiter::new(limits);
+        let now = Instant::now();
+        let mut step = |kind: InboundKind| {
+            let a = decide(&channel, &allow, &limits, &kind, true);
+            describe(rate_limit(a, &mut limiter, now))
+        };
+        expect![[r#"say 42 "a" from telegram:42"#]].assert_eq(&step(text("42", true, "a")));
+        expect![[r#"press ap:1 by telegram:42 (777, msg Some("9"))"#]]
+            .assert_eq(&step(press("42", "ap:1")));
+        expect![[r#"refuse input by telegram:42 in 42 rate_limited Some("Too many messages: please wait 10 s and try again.") None"#]]
+            .assert_eq(&step(text("42", true, "c")));
+        // Told once per streak for messages; a press is always answered.
+        expect!["refuse input by telegram:42 in 42 rate_limited None None"]
+            .assert_eq(&step(text("42", true, "d")));
+        expect![[r#"refuse input by telegram:42 in 42 rate_limited Some("Too many messages: please wait 10 s and try again.") Some("777")"#]]
+            .assert_eq(&step(press("42", "ap:1")));
+        // A too-long text spends the budget as well: over the rate it is told nothing more.
+        let long = "x".repeat(101);
+        expect!["refuse input by telegram:42 in 42 rate_limited None None"]
+            .assert_eq(&step(text("42", true, &long)));
+        // Rejected strangers do not spend anyone's budget, and users are separate.
+        expect!["reject 43 sender_not_allowlisted None"].assert_eq(&step(text("43", true, "x")));
+        expect![[r#"say 7 "hi" from telegram:7"#]].assert_eq(&step(text("7", true, "hi")));
     }
 
     fn text(sender: &str, private: bool, text: &str) -> InboundKind {

@@ -16,7 +16,8 @@
 //! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
 //! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack: only request-signing
 //! verification ([`slack::signing`], feature `slack`) exists; the Slack transport and web chat are
-//! not implemented yet; nor are pairing (`bot pair`), per-user rate limits or webhooks.
+//! not implemented yet; nor are pairing (`bot pair`) or webhooks. Per-user length and rate
+//! limits: [`limits`].
 
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod config;
 #[cfg(feature = "imessage")]
 pub mod imessage;
 pub mod inbound;
+pub mod limits;
 pub mod outbound;
 #[cfg(feature = "slack")]
 pub mod slack;
@@ -40,6 +42,7 @@ use tokio::sync::watch;
 
 use crate::channel::Channel;
 use crate::inbound::Allowlist;
+use crate::limits::Limits;
 use crate::store::Store;
 
 /// Why the gateway stopped.
@@ -71,8 +74,8 @@ impl GatewayError {
     }
 }
 
-/// Runs one channel's inbound and outbound loops until `shutdown` resolves (or one fails).
-/// `client` must be connected as the `gateway` principal.
+/// Runs one channel's inbound and outbound loops with the default [`Limits`] until `shutdown`
+/// resolves (or one fails). `client` must be connected as the `gateway` principal.
 pub async fn run<C: Channel>(
     channel: C,
     allow: Allowlist,
@@ -80,10 +83,30 @@ pub async fn run<C: Channel>(
     store: Store,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GatewayError> {
+    run_with(channel, allow, Limits::default(), client, store, shutdown).await
+}
+
+/// [`run`] with explicit per-user limits.
+pub async fn run_with<C: Channel>(
+    channel: C,
+    allow: Allowlist,
+    limits: Limits,
+    client: async_nats::Client,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GatewayError> {
     let js = async_nats::jetstream::new(client);
     let audit = AuditEmitter::new(js.clone(), Principal::gateway());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let inbound = inbound::run(&channel, &allow, &js, &audit, &store, stop_rx.clone());
+    let inbound = inbound::run(
+        &channel,
+        &allow,
+        limits,
+        &js,
+        &audit,
+        &store,
+        stop_rx.clone(),
+    );
     let outbound = outbound::run(&channel, &js, &store, stop_rx);
     tokio::pin!(inbound, outbound, shutdown);
     let mut inbound_done = false;

@@ -14,6 +14,7 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 use notify_gateway::inbound::Allowlist;
 use notify_gateway::inbound::REFUSED_PRESS_TEXT;
+use notify_gateway::limits::Limits;
 use notify_gateway::store::Store;
 use notify_gateway::telegram::{BotToken, Telegram};
 use protocol::message::{
@@ -75,6 +76,10 @@ impl Harness {
     }
 
     async fn gateway_for(&self, allowed: &[i64]) -> Running {
+        self.gateway_with(allowed, Limits::default()).await
+    }
+
+    async fn gateway_with(&self, allowed: &[i64], limits: Limits) -> Running {
         let channel = Telegram::new(
             &BotToken::new(TOKEN),
             Some(url::Url::parse(&self.tg.api_url()).unwrap()),
@@ -84,9 +89,10 @@ impl Harness {
         let client = self.server.connect(&Principal::gateway()).await.unwrap();
         let store = Store::open(&self.db).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(notify_gateway::run(
+        let task = tokio::spawn(notify_gateway::run_with(
             channel,
             Allowlist::new(allowed.iter().map(i64::to_string)),
+            limits,
             client,
             store,
             async move {
@@ -697,5 +703,105 @@ async fn a_button_whose_keyboard_an_edit_removed_is_refused() {
             card.message_id.to_string()
         )]
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_and_too_frequent_input_is_refused_told_once_and_audited() {
+    let h = Harness::start().await;
+    let limits = Limits {
+        max_text_chars: 100,
+        burst: 3,
+        refill_every: Duration::from_secs(600),
+    };
+    let gw = h.gateway_with(&[ALICE], limits).await;
+    let js = h.orchestrator().await;
+    // SV-09: a 1 MB message (a client can send what Telegram cannot, through a forged webhook
+    // or a future API change: the gateway's own limit is what counts).
+    h.tg.user_says(ALICE, ALICE, &"x".repeat(1 << 20));
+    until("the length notice", || h.tg.sent().len() == 1).await;
+    let notice = h.tg.sent().pop().unwrap();
+    assert_eq!(notice.chat_id, ALICE);
+    assert!(notice.reply_markup.is_none());
+    assert!(
+        notice.text.starts_with(
+            "That message is too long: the limit is 100 characters. (code chat_text_too_long, ref "
+        ),
+        "{}",
+        notice.text
+    );
+    let refused = h.last_gateway_audit().await;
+    match &refused.body {
+        AuditEvent::InputRefused { by, code } => {
+            assert_eq!(by.as_str(), "telegram:42");
+            assert_eq!(code.as_str(), "chat_text_too_long");
+        }
+        other => panic!("unexpected audit event {other:?}"),
+    }
+    // The reference the user sees is the audit row's correlation id.
+    assert!(notice.text.contains(&refused.correlation_id.to_string()));
+    // The burst is 3 and the oversized message spent one: two pass, then one notice for the
+    // whole streak, then silence.
+    for text in ["one", "two", "three", "four", "five"] {
+        h.tg.user_says(ALICE, ALICE, text);
+    }
+    let got = h.chat_in(&js, 2).await;
+    assert_eq!(texts(&got), ["one", "two"]);
+    until("every update confirmed", || h.tg.pending_updates() == 0).await;
+    let sent = h.tg.sent();
+    assert_eq!(sent.len(), 2, "one notice per refusal streak: {sent:?}");
+    assert!(
+        sent[1]
+            .text
+            .starts_with("Too many messages: please wait 600 s and try again. (code rate_limited"),
+        "{}",
+        sent[1].text
+    );
+    match h.last_gateway_audit().await.body {
+        AuditEvent::InputRefused { code, .. } => assert_eq!(code.as_str(), "rate_limited"),
+        other => panic!("unexpected audit event {other:?}"),
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_down_loses_and_doubles_nothing() {
+    let h = Harness::start().await;
+    let gw = h.gateway().await;
+    let js = h.orchestrator().await;
+    h.tg.user_says(ALICE, ALICE, "before");
+    assert_eq!(texts(&h.chat_in(&js, 1).await), ["before"]);
+    // Telegram goes down (502 on every call, the port still bound): the user's message waits
+    // at Telegram, and an outbound message waits in the gateway's queue.
+    h.tg.set_down(true);
+    h.tg.user_says(ALICE, ALICE, "during");
+    h.publish_out(
+        &js,
+        Subject::chat_out(&ChannelName::new("telegram").unwrap()),
+        ChatOut::Post(out("k-down", "sent while Telegram was down", Vec::new())),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(h.tg.sent().is_empty());
+    // Both loops kept trying (and were answered 502) without giving up.
+    let during = h.tg.answered_down();
+    assert!(
+        during
+            .iter()
+            .any(|m| m == "GetUpdates" || m == "getUpdates")
+            && during
+                .iter()
+                .any(|m| m == "SendMessage" || m == "sendMessage"),
+        "{during:?}"
+    );
+    h.tg.set_down(false);
+    let got = h.chat_in(&js, 1).await;
+    assert_eq!(texts(&got), ["during"], "delivered once after the outage");
+    until("the queued message", || !h.tg.sent().is_empty()).await;
+    // Long enough for a duplicate to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = h.tg.sent();
+    assert_eq!(sent.len(), 1, "sent exactly once: {sent:?}");
+    assert_eq!(sent[0].text, "sent while Telegram was down");
     gw.stop().await;
 }

@@ -641,6 +641,14 @@ pub enum AuditEvent {
         /// Why.
         code: ErrorCode,
     },
+    /// A message or press from an allowlisted user was refused at the gateway (too long, over
+    /// the per-user rate): the user was told, nothing was published.
+    InputRefused {
+        /// Who sent it.
+        by: ChatUser,
+        /// Why.
+        code: ErrorCode,
+    },
     /// A plan was proposed.
     PlanProposed {
         /// Plan.
@@ -923,6 +931,7 @@ impl Body for AuditEvent {
             | AuditEvent::CommandExecuted { jti, .. } => check_text("jti", jti, 64),
             AuditEvent::ApprovalDecided { .. }
             | AuditEvent::DecisionRefused { .. }
+            | AuditEvent::InputRefused { .. }
             | AuditEvent::CommandReceived { .. }
             | AuditEvent::CommandRejected { .. }
             | AuditEvent::CommandFailed { .. } => Ok(()),
@@ -936,6 +945,7 @@ impl AuditEvent {
         match self {
             AuditEvent::MessageReceived { .. } => "message_received",
             AuditEvent::SenderRejected { .. } => "sender_rejected",
+            AuditEvent::InputRefused { .. } => "input_refused",
             AuditEvent::PlanProposed { .. } => "plan_proposed",
             AuditEvent::PlanStarted { .. } => "plan_started",
             AuditEvent::PlanRefused { .. } => "plan_refused",

@@ -160,6 +160,8 @@ struct State {
     blocked: HashSet<i64>,
     rate_limited: Option<(u32, u64)>,
     down: bool,
+    /// Requests answered 502 while down (method names as requested).
+    answered_down: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +227,7 @@ impl FakeTelegram {
                 blocked: HashSet::new(),
                 rate_limited: None,
                 down: false,
+                answered_down: Vec::new(),
             }),
             arrivals,
         });
@@ -366,6 +369,11 @@ impl FakeTelegram {
     /// stays bound.
     pub fn set_down(&self, down: bool) {
         self.shared.lock().down = down;
+    }
+
+    /// The method names (as requested, unchecked) of the requests answered 502 while down.
+    pub fn answered_down(&self) -> Vec<String> {
+        self.shared.lock().answered_down.clone()
     }
 }
 
@@ -691,10 +699,16 @@ async fn dispatch(
     content_type: &str,
     body: &[u8],
 ) -> Answer {
-    if shared.lock().down {
-        return Err(ApiError::new(502, "Bad Gateway"));
+    let routed = route(path);
+    {
+        let mut s = shared.lock();
+        if s.down {
+            let method = routed.map_or_else(String::new, |(_, m)| m.to_owned());
+            s.answered_down.push(method);
+            return Err(ApiError::new(502, "Bad Gateway"));
+        }
     }
-    let Some((token, method)) = route(path) else {
+    let Some((token, method)) = routed else {
         return Err(ApiError::new(404, "Not Found"));
     };
     if token != shared.lock().token {
