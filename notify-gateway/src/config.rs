@@ -10,6 +10,14 @@
 //! allowed_users = [123456789]                                 # Telegram user ids
 //! # api_url = "https://api.telegram.org/"                    # tests point this at a double
 //! # poll_timeout_secs = 10
+//! # Webhook mode instead of long polling: Telegram POSTs to `public_url` (HTTPS, your reverse
+//! # proxy or tunnel), which forwards to `listen`; a fresh secret is registered at each start.
+//! # webhook = { public_url = "https://bot.example.com/tg-hook", listen = "127.0.0.1:8081" }
+//!
+//! [limits]                                     # per allowlisted user (all optional)
+//! # max_text_chars = 4096
+//! # burst = 10                                 # messages or presses at once
+//! # refill_secs = 3                            # then one more every this many seconds
 //!
 //! [imessage]                                   # macOS only (feature `imessage`)
 //! allowed_handles = ["+447700900123", "me@icloud.com"]      # phone numbers / Apple ID emails
@@ -75,6 +83,45 @@ pub struct Config {
     pub telegram: Option<TelegramConfig>,
     /// The iMessage channel, if enabled.
     pub imessage: Option<IMessageConfig>,
+    /// Per-user input limits (defaults when absent).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Per-user input limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest accepted text, in characters (1 to 16384, default 4096).
+    pub max_text_chars: Option<usize>,
+    /// Messages or presses a user may send at once (1 to 1000, default 10).
+    pub burst: Option<u32>,
+    /// Seconds until one more is allowed (1 to 3600, default 3).
+    pub refill_secs: Option<u64>,
+}
+
+impl LimitsConfig {
+    /// The limits, defaults filled in.
+    pub fn limits(&self) -> crate::limits::Limits {
+        let d = crate::limits::Limits::default();
+        crate::limits::Limits {
+            max_text_chars: self.max_text_chars.unwrap_or(d.max_text_chars),
+            burst: self.burst.unwrap_or(d.burst),
+            refill_every: self
+                .refill_secs
+                .map_or(d.refill_every, std::time::Duration::from_secs),
+        }
+    }
+}
+
+/// Telegram webhook mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelegramWebhookConfig {
+    /// The public HTTPS URL Telegram POSTs to; its path is the path served.
+    pub public_url: String,
+    /// Where the gateway listens (behind the proxy).
+    pub listen: std::net::SocketAddr,
 }
 
 /// The iMessage channel (macOS).
@@ -105,6 +152,8 @@ pub struct TelegramConfig {
     pub api_url: Option<String>,
     /// Long-poll timeout in seconds (1 to 12, default 10).
     pub poll_timeout_secs: Option<u64>,
+    /// Webhook mode instead of long polling.
+    pub webhook: Option<TelegramWebhookConfig>,
 }
 
 impl Config {
@@ -136,6 +185,26 @@ impl Config {
                     "telegram.poll_timeout_secs must be 1 to 12",
                 ));
             }
+            if let Some(w) = &t.webhook
+                && !w
+                    .public_url
+                    .parse::<url::Url>()
+                    .is_ok_and(|u| u.scheme() == "https" && u.host_str().is_some())
+            {
+                return Err(ParseFailure::Invalid(
+                    "telegram.webhook.public_url must be an https URL (Telegram requires it)",
+                ));
+            }
+        }
+        let l = &c.limits;
+        if l.max_text_chars
+            .is_some_and(|n| n == 0 || n > protocol::message::MAX_CHAT_TEXT)
+            || l.burst.is_some_and(|n| n == 0 || n > 1000)
+            || l.refill_secs.is_some_and(|n| n == 0 || n > 3600)
+        {
+            return Err(ParseFailure::Invalid(
+                "limits: max_text_chars 1-16384, burst 1-1000, refill_secs 1-3600",
+            ));
         }
         if let Some(i) = &c.imessage {
             if i.allowed_handles.is_empty() {
@@ -216,6 +285,27 @@ mod tests {
         ));
         assert!(matches!(
             Config::parse(&im.replace("500", "5")),
+            Err(ParseFailure::Invalid(_))
+        ));
+        // Webhook mode needs an https URL; limits have bounds.
+        let hook = format!(
+            "{ok}webhook = {{ public_url = \"https://bot.example.com/tg\", listen = \"127.0.0.1:8081\" }}\n"
+        );
+        let c = Config::parse(&hook).ok().unwrap();
+        let w = c.telegram.unwrap().webhook.unwrap();
+        assert_eq!(w.listen.port(), 8081);
+        assert!(matches!(
+            Config::parse(&hook.replace("https://", "http://")),
+            Err(ParseFailure::Invalid(_))
+        ));
+        let limits = format!("{ok}\n[limits]\nburst = 5\nrefill_secs = 60\n");
+        let l = Config::parse(&limits).ok().unwrap().limits.limits();
+        assert_eq!(
+            (l.burst, l.refill_every.as_secs(), l.max_text_chars),
+            (5, 60, 4096)
+        );
+        assert!(matches!(
+            Config::parse(&limits.replace("burst = 5", "burst = 0")),
             Err(ParseFailure::Invalid(_))
         ));
     }

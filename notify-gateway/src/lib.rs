@@ -16,7 +16,8 @@
 //! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
 //! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack: only request-signing
 //! verification ([`slack::signing`], feature `slack`) exists; the Slack transport and web chat are
-//! not implemented yet; nor are pairing (`bot pair`) or webhooks. Per-user length and rate
+//! not implemented yet; nor is pairing (`bot pair`). Telegram webhook mode: [`telegram_webhook`].
+//! Per-user length and rate
 //! limits: [`limits`].
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,8 @@ pub mod slack;
 pub mod store;
 #[cfg(feature = "telegram")]
 pub mod telegram;
+#[cfg(feature = "telegram")]
+pub mod telegram_webhook;
 
 use std::future::Future;
 

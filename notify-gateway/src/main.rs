@@ -13,6 +13,7 @@ use notify_gateway::imessage::{ChatDb, IMessage, default_osascript, normalize_ha
 use notify_gateway::inbound::Allowlist;
 use notify_gateway::store::Store;
 use notify_gateway::telegram::{BotToken, Telegram};
+use notify_gateway::telegram_webhook::{WebhookSecret, WebhookServer, webhook};
 use protocol::{ChannelName, Principal};
 
 const EXIT_CONFIG: u8 = 64;
@@ -106,6 +107,25 @@ fn main() -> ExitCode {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let limits = config.limits.limits();
+        let (telegram, hook) = match telegram {
+            Some((channel, allow, Some((server, listen)))) => {
+                let listener = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(code = "webhook_listen_failed", error = %e, %listen, "cannot listen for the Telegram webhook");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+                tracing::info!(%listen, "Telegram webhook mode");
+                (Some((channel, allow)), Some((server, listener)))
+            }
+            Some((channel, allow, None)) => (Some((channel, allow)), None),
+            None => (None, None),
+        };
+        if let Some((server, listener)) = hook {
+            tokio::spawn(server.serve(listener, stopped(stop_rx.clone())));
+        }
         let signal = async {
             shutdown_signal().await;
             stop_tx.send_replace(true);
@@ -113,9 +133,10 @@ fn main() -> ExitCode {
         let telegram = async {
             match telegram {
                 Some((channel, allow)) => {
-                    notify_gateway::run(
+                    notify_gateway::run_with(
                         channel,
                         allow,
+                        limits,
                         client.clone(),
                         store.clone(),
                         stopped(stop_rx.clone()),
@@ -129,9 +150,10 @@ fn main() -> ExitCode {
         let imessage = async {
             match imessage {
                 Some((channel, allow)) => {
-                    notify_gateway::run(
+                    notify_gateway::run_with(
                         channel,
                         allow,
+                        limits,
                         client.clone(),
                         store.clone(),
                         stopped(stop_rx.clone()),
@@ -174,10 +196,19 @@ fn main() -> ExitCode {
     })
 }
 
-/// The Telegram channel and its allowlist, or the exit code for a bad configuration.
+/// The Telegram channel, its allowlist and (webhook mode) the webhook server with its listen
+/// address, or the exit code for a bad configuration.
+#[allow(clippy::type_complexity)]
 fn telegram_channel(
     tg: &notify_gateway::config::TelegramConfig,
-) -> Result<(Telegram, Allowlist), ExitCode> {
+) -> Result<
+    (
+        Telegram,
+        Allowlist,
+        Option<(WebhookServer, std::net::SocketAddr)>,
+    ),
+    ExitCode,
+> {
     let token = match tg.read_token() {
         Ok(t) => BotToken::new(&t),
         Err(e) => {
@@ -202,7 +233,23 @@ fn telegram_channel(
         name,
     );
     let allow = Allowlist::new(tg.allowed_users.iter().map(u64::to_string));
-    Ok((channel, allow))
+    let Some(hook) = &tg.webhook else {
+        return Ok((channel, allow, None));
+    };
+    let (Ok(public_url), Ok(secret)) = (url::Url::parse(&hook.public_url), WebhookSecret::random())
+    else {
+        tracing::error!(
+            code = "config_invalid",
+            "bad telegram.webhook.public_url, or no randomness"
+        );
+        return Err(ExitCode::from(EXIT_CONFIG));
+    };
+    let (inbox, server) = webhook(public_url, secret);
+    Ok((
+        channel.with_webhook(inbox),
+        allow,
+        Some((server, hook.listen)),
+    ))
 }
 
 /// The iMessage channel and its allowlist (normalised handles), or the exit code for a bad

@@ -10,10 +10,16 @@
 //! Rendering ([`render_plan_html`], [`render_message_html`]) escapes every piece of text for
 //! HTML and keeps the message under Telegram's 4096-character limit.
 //!
-//! What it does not do: webhooks, media, groups (events from non-private chats are skipped by
+//! In webhook mode ([`Telegram::with_webhook`]) updates come from
+//! [`crate::telegram_webhook`] instead, registered with `setWebhook` on the first poll; in
+//! polling mode a webhook left set is removed (`deleteWebhook`, pending updates kept).
+//!
+//! What it does not do: media, groups (events from non-private chats are skipped by
 //! the inbound decision), and it never logs or returns the bot token (teloxide strips URLs, which
 //! hold the token, from network errors).
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use protocol::ChannelName;
@@ -22,7 +28,7 @@ use teloxide::ApiError;
 use teloxide::RequestError;
 use teloxide::payloads::{
     AnswerCallbackQuerySetters as _, EditMessageTextSetters as _, GetUpdatesSetters as _,
-    SendMessageSetters as _,
+    SendMessageSetters as _, SetWebhookSetters as _,
 };
 use teloxide::requests::Requester as _;
 use teloxide::types::{
@@ -31,6 +37,7 @@ use teloxide::types::{
 };
 
 use crate::channel::{Channel, Delivered, DeliveryError, InboundEvent, InboundKind, Rendered};
+use crate::telegram_webhook::WebhookInbox;
 
 /// Telegram's longest message text, in UTF-16 code units.
 pub const MAX_TEXT_UTF16: usize = 4096;
@@ -60,6 +67,8 @@ pub struct Telegram {
     bot: teloxide::Bot,
     name: ChannelName,
     poll_timeout: Duration,
+    /// Webhook mode: updates arrive here instead of through `getUpdates`.
+    webhook: Option<Arc<WebhookInbox>>,
 }
 
 impl Telegram {
@@ -79,7 +88,44 @@ impl Telegram {
             bot,
             name,
             poll_timeout: poll_timeout.min(Duration::from_secs(12)),
+            webhook: None,
         }
+    }
+
+    /// Webhook mode: updates come from `inbox` (fed by its
+    /// [`crate::telegram_webhook::WebhookServer`]); the webhook is registered on the first
+    /// poll (and again after a failure).
+    pub fn with_webhook(mut self, inbox: Arc<WebhookInbox>) -> Self {
+        self.webhook = Some(inbox);
+        self
+    }
+
+    async fn poll_webhook(&self, inbox: &WebhookInbox) -> Result<Vec<InboundEvent>, DeliveryError> {
+        if !inbox.registered.load(Ordering::Acquire) {
+            self.bot
+                .set_webhook(inbox.url.clone())
+                .secret_token(inbox.secret.expose())
+                .allowed_updates([AllowedUpdate::Message, AllowedUpdate::CallbackQuery])
+                .max_connections(1)
+                .await
+                .map_err(map_error)?;
+            inbox.registered.store(true, Ordering::Release);
+            tracing::info!(channel = %self.name, "webhook registered");
+        }
+        let updates = inbox
+            .take(self.poll_timeout)
+            .await
+            .ok_or_else(|| DeliveryError::Transient("the webhook server stopped".to_owned()))?;
+        Ok(updates.into_iter().map(event).collect())
+    }
+}
+
+fn event(u: teloxide::types::Update) -> InboundEvent {
+    let id = u64::from(u.id.0);
+    InboundEvent {
+        cursor: id,
+        dedup_id: format!("tg-{id}"),
+        kind: update_kind(u.kind),
     }
 }
 
@@ -101,6 +147,15 @@ fn map_error(e: RequestError) -> DeliveryError {
         RequestError::Api(_) | RequestError::MigrateToChatId(_) => {
             DeliveryError::Permanent(e.to_string())
         }
+    }
+}
+
+/// `getUpdates` refused because a webhook is set (409).
+fn webhook_is_set(e: &RequestError) -> bool {
+    match e {
+        RequestError::Api(ApiError::CantGetUpdates) => true,
+        RequestError::Api(ApiError::Unknown(d)) => d.contains("webhook is active"),
+        _ => false,
     }
 }
 
@@ -136,6 +191,9 @@ impl Channel for Telegram {
     }
 
     async fn poll(&self, after: Option<u64>) -> Result<Vec<InboundEvent>, DeliveryError> {
+        if let Some(inbox) = &self.webhook {
+            return self.poll_webhook(inbox).await;
+        }
         let mut request = self
             .bot
             .get_updates()
@@ -148,18 +206,23 @@ impl Channel for Telegram {
             })?;
             request = request.offset(next);
         }
-        let updates = request.await.map_err(map_error)?;
-        Ok(updates
-            .into_iter()
-            .map(|u| {
-                let id = u64::from(u.id.0);
-                InboundEvent {
-                    cursor: id,
-                    dedup_id: format!("tg-{id}"),
-                    kind: update_kind(u.kind),
-                }
-            })
-            .collect())
+        let updates = match request.await {
+            Ok(u) => u,
+            Err(e) if webhook_is_set(&e) => {
+                // Left over from webhook mode: long polling needs it gone (pending updates kept).
+                tracing::info!(channel = %self.name, "removing a webhook to long-poll");
+                self.bot.delete_webhook().await.map_err(map_error)?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(map_error(e)),
+        };
+        Ok(updates.into_iter().map(event).collect())
+    }
+
+    async fn confirm(&self, cursor: u64) {
+        if let Some(inbox) = &self.webhook {
+            inbox.confirm(cursor);
+        }
     }
 
     async fn answer_press(&self, press_id: &str, text: Option<&str>) -> Result<(), DeliveryError> {

@@ -3,7 +3,8 @@
 //!
 //! What it does: [`FakeTelegram::start`] listens on `127.0.0.1` (plain HTTP, a free port) and
 //! serves `/bot<token>/<method>` for both `GET` and `POST`, with the parameters in the query
-//! string, a JSON body or an `application/x-www-form-urlencoded` body (in the latter two, object
+//! string, a JSON body, an `application/x-www-form-urlencoded` body or the text fields of a
+//! `multipart/form-data` body (in the latter three, object
 //! parameters such as `reply_markup` may be JSON-serialized strings, as the reference allows).
 //! Method names are case-insensitive, as Telegram's are. Point a client at
 //! [`FakeTelegram::api_url`] (teloxide: `Bot::new(token).set_api_url(url)`).
@@ -13,8 +14,11 @@
 //! real server; `timeout` long polling, clamped to 0..=50 s, returning as soon as an update
 //! arrives; `allowed_updates`, remembered across calls and applied when an update is *created*,
 //! so updates queued before a change are still delivered, exactly as the reference warns),
-//! `sendMessage`, `editMessageText`, `answerCallbackQuery`, `deleteWebhook`
-//! (`drop_pending_updates` honoured) and `setMyCommands`. Answers are
+//! `sendMessage`, `editMessageText`, `answerCallbackQuery`, `setWebhook` / `deleteWebhook`
+//! (`drop_pending_updates` honoured) / `getWebhookInfo`, and `setMyCommands`. While a webhook is
+//! set, `getUpdates` fails with 409 `Conflict: can't use getUpdates method while webhook is
+//! active; ...` and queued updates are POSTed to the webhook one at a time, in order, with
+//! `X-Telegram-Bot-Api-Secret-Token`; a 2xx confirms an update, anything else is retried. Answers are
 //! `{"ok":true,"result":...}`; errors are `{"ok":false,"error_code":N,"description":"..."}`
 //! (plus `parameters.retry_after` for 429) with the HTTP status equal to `error_code`:
 //! - wrong token → 401 `Unauthorized`; unknown method or path → 404 `Not Found`;
@@ -38,7 +42,9 @@
 //! every call answer **502** `Bad Gateway` (in the Bot API error shape) while the port stays
 //! bound, so the double can come back on the same URL.
 //!
-//! What it does not do (known deviations): no TLS, webhooks, multipart uploads, media, groups
+//! What it does not do (known deviations): no TLS (a webhook URL must be
+//! `http://127.0.0.1:<port>/...`, where Telegram demands HTTPS on 443, 80, 88 or 8443, and the
+//! double delivers as if `max_connections` were 1), no file uploads (multipart file parts are refused), media, groups
 //! beyond a synthetic chat object, inline mode, or any method not listed above (they get 404
 //! like unknown ones). It does not parse `parse_mode` markup: the text is stored and returned
 //! as sent, without `entities`, and its length is counted before markup is stripped (only the
@@ -162,6 +168,21 @@ struct State {
     down: bool,
     /// Requests answered 502 while down (method names as requested).
     answered_down: Vec<String>,
+    /// The webhook set with `setWebhook`, if any.
+    webhook: Option<Webhook>,
+    /// Every webhook delivery attempt: (update id, HTTP status, 0 if no answer).
+    webhook_attempts: Vec<(i64, u16)>,
+}
+
+/// A webhook registered with `setWebhook`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Where updates are POSTed.
+    pub url: String,
+    /// Sent in `X-Telegram-Bot-Api-Secret-Token`, if set.
+    pub secret_token: Option<String>,
+    /// `max_connections` (1..=100, default 40).
+    pub max_connections: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -228,11 +249,14 @@ impl FakeTelegram {
                 rate_limited: None,
                 down: false,
                 answered_down: Vec::new(),
+                webhook: None,
+                webhook_attempts: Vec::new(),
             }),
             arrivals,
         });
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, Arc::clone(&shared), stop_rx));
+        let task = tokio::spawn(serve(listener, Arc::clone(&shared), stop_rx.clone()));
+        tokio::spawn(deliver_webhooks(Arc::clone(&shared), stop_rx));
         Ok(FakeTelegram {
             addr,
             token: token.to_owned(),
@@ -371,6 +395,17 @@ impl FakeTelegram {
         self.shared.lock().down = down;
     }
 
+    /// The webhook currently set, if any.
+    pub fn webhook(&self) -> Option<Webhook> {
+        self.shared.lock().webhook.clone()
+    }
+
+    /// Every webhook delivery attempt so far: (update id, HTTP status; 0 when the connection
+    /// failed or gave no status line).
+    pub fn webhook_attempts(&self) -> Vec<(i64, u16)> {
+        self.shared.lock().webhook_attempts.clone()
+    }
+
     /// The method names (as requested, unchecked) of the requests answered 502 while down.
     pub fn answered_down(&self) -> Vec<String> {
         self.shared.lock().answered_down.clone()
@@ -482,13 +517,15 @@ fn bot_user(token: &str) -> Value {
 }
 
 /// The bot-facing methods, as the reference spells them.
-const METHODS: [&str; 7] = [
+const METHODS: [&str; 9] = [
     "getMe",
     "getUpdates",
     "sendMessage",
     "editMessageText",
     "answerCallbackQuery",
+    "setWebhook",
     "deleteWebhook",
+    "getWebhookInfo",
     "setMyCommands",
 ];
 
@@ -619,10 +656,56 @@ fn parameters(
         for (k, v) in form_urlencoded::parse(body) {
             params.insert(k.into_owned(), Value::String(v.into_owned()));
         }
+    } else if content_type.starts_with("multipart/form-data") {
+        params.extend(multipart_fields(content_type, body)?);
     } else {
         return Err(ApiError::bad("unsupported Content-Type"));
     }
     Ok(params)
+}
+
+/// The text fields of a `multipart/form-data` body (RFC 7578), which the Bot API accepts for
+/// every method (teloxide sends `setWebhook` this way). File parts are refused: the double has
+/// no uploads.
+fn multipart_fields(content_type: &str, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let boundary = content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .map(|b| b.trim_matches('"'))
+        .next()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| ApiError::bad("multipart boundary is missing"))?;
+    let text = std::str::from_utf8(body)
+        .map_err(|_not_utf8| ApiError::bad("multipart body is not UTF-8"))?;
+    let delimiter = format!("--{boundary}");
+    let mut fields = Map::new();
+    for part in text.split(delimiter.as_str()).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let part = part.strip_prefix("\r\n").unwrap_or(part);
+        let (head, value) = part
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| ApiError::bad("malformed multipart part"))?;
+        let value = value.strip_suffix("\r\n").unwrap_or(value);
+        let disposition = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
+            .ok_or_else(|| ApiError::bad("multipart part without Content-Disposition"))?;
+        if disposition.contains("filename=") {
+            return Err(ApiError::bad(
+                "file uploads are not supported by the double",
+            ));
+        }
+        let name = disposition
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("name="))
+            .map(|n| n.trim_matches('"'))
+            .next()
+            .ok_or_else(|| ApiError::bad("multipart part without a name"))?;
+        fields.insert(name.to_owned(), Value::String(value.to_owned()));
+    }
+    Ok(fields)
 }
 
 /// Typed access to one call's parameters (form values are strings; JSON ones may be typed).
@@ -745,18 +828,186 @@ async fn dispatch(
         "sendMessage" => send_message(&mut shared.lock(), &params),
         "editMessageText" => edit_message_text(&mut shared.lock(), &params),
         "answerCallbackQuery" => answer_callback_query(&mut shared.lock(), &params),
+        "setWebhook" => set_webhook(shared, &params),
         "deleteWebhook" => {
+            let mut s = shared.lock();
+            s.webhook = None;
             if params.boolean("drop_pending_updates") {
-                shared.lock().updates.clear();
+                s.updates.clear();
             }
             Ok(json!(true))
+        }
+        "getWebhookInfo" => {
+            let s = shared.lock();
+            let mut info = json!({
+                "url": s.webhook.as_ref().map_or("", |w| w.url.as_str()),
+                "has_custom_certificate": false,
+                "pending_update_count": s.updates.len(),
+            });
+            if let (Some(w), Value::Object(o)) = (&s.webhook, &mut info) {
+                o.insert("max_connections".into(), json!(w.max_connections));
+                if let Some(allowed) = &s.allowed_updates {
+                    o.insert("allowed_updates".into(), json!(allowed));
+                }
+            }
+            Ok(info)
         }
         "setMyCommands" => set_my_commands(&mut shared.lock(), &params),
         _ => Err(ApiError::new(404, "Not Found")),
     }
 }
 
+/// `setWebhook`: an empty `url` removes the webhook (as `deleteWebhook`); `secret_token` must be
+/// 1-256 characters of `A-Z a-z 0-9 _ -`; `max_connections` 1..=100 (default 40);
+/// `allowed_updates` replaces the remembered list; `drop_pending_updates` clears the queue.
+/// Deviation: the real Bot API requires an `https` URL on port 443, 80, 88 or 8443; the double
+/// accepts `http://127.0.0.1:<port>/...` (it has no TLS client), and refuses anything else.
+fn set_webhook(shared: &Shared, params: &Params) -> Answer {
+    let url = params.string("url").unwrap_or_default();
+    let secret_token = params.string("secret_token");
+    if let Some(t) = &secret_token
+        && (t.is_empty()
+            || t.len() > 256
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    {
+        return Err(ApiError::bad("secret token contains unallowed characters"));
+    }
+    let max_connections = params.int("max_connections")?.unwrap_or(40);
+    if !(1..=100).contains(&max_connections) {
+        return Err(ApiError::bad("invalid max_connections specified"));
+    }
+    let allowed = match params.json("allowed_updates")? {
+        None => None,
+        Some(Value::Array(kinds)) => Some(
+            kinds
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect::<Vec<_>>(),
+        ),
+        Some(_) => return Err(ApiError::bad("allowed_updates must be an array")),
+    };
+    if !url.is_empty() && !url.starts_with("http://127.0.0.1:") {
+        return Err(ApiError::bad(
+            "bad webhook: HTTPS url must be provided for webhook",
+        ));
+    }
+    let mut s = shared.lock();
+    if params.boolean("drop_pending_updates") {
+        s.updates.clear();
+    }
+    if let Some(allowed) = allowed {
+        s.allowed_updates = Some(allowed);
+    }
+    s.webhook = (!url.is_empty()).then_some(Webhook {
+        url,
+        secret_token,
+        max_connections,
+    });
+    drop(s);
+    shared.arrivals.send_modify(|n| *n = n.wrapping_add(1));
+    Ok(json!(true))
+}
+
+/// Delivers queued updates to the webhook, like Telegram: one at a time in order (the double
+/// always behaves as `max_connections = 1`), `POST` with a JSON body and the secret in
+/// `X-Telegram-Bot-Api-Secret-Token`; a 2xx answer confirms the update, anything else (or no
+/// answer within 10 s) is retried after a pause that grows to 1 s.
+async fn deliver_webhooks(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut arrivals = shared.arrivals.subscribe();
+    let mut failures = 0u32;
+    loop {
+        let next = {
+            let s = shared.lock();
+            match (&s.webhook, s.updates.front()) {
+                (Some(w), Some(u)) if !s.down => Some((w.clone(), u.clone())),
+                _ => None,
+            }
+        };
+        let Some((hook, update)) = next else {
+            tokio::select! {
+                _ = arrivals.changed() => continue,
+                // Coming back from `set_down` is not an arrival: look again now and then.
+                () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = stop.wait_for(|d| *d) => return,
+            }
+        };
+        let mut body = Map::new();
+        body.insert("update_id".into(), json!(update.id));
+        body.insert(update.kind.into(), update.body.clone());
+        let body = Value::Object(body).to_string();
+        let status = tokio::select! {
+            s = post_webhook(&hook, &body) => s,
+            _ = stop.wait_for(|d| *d) => return,
+        };
+        {
+            let mut s = shared.lock();
+            s.webhook_attempts.push((update.id, status));
+            if (200..300).contains(&status) && s.updates.front().map(|u| u.id) == Some(update.id) {
+                s.updates.pop_front();
+            }
+        }
+        if (200..300).contains(&status) {
+            failures = 0;
+        } else {
+            failures = failures.saturating_add(1);
+            let pause = Duration::from_millis(100u64.saturating_mul(u64::from(failures.min(10))));
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.wait_for(|d| *d) => return,
+            }
+        }
+    }
+}
+
+/// One plain-HTTP/1.1 `POST` of `body` to the webhook; the status code, or 0.
+async fn post_webhook(hook: &Webhook, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(rest) = hook.url.strip_prefix("http://") else {
+        return 0;
+    };
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let attempt = async {
+        let mut tcp = tokio::net::TcpStream::connect(host).await.ok()?;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        if let Some(secret) = &hook.secret_token {
+            request.push_str(&format!("X-Telegram-Bot-Api-Secret-Token: {secret}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 256];
+        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 4096 {
+            let n = tcp.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(buf.get(..n)?);
+        }
+        let line = String::from_utf8_lossy(&head);
+        line.split_whitespace().nth(1)?.parse::<u16>().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
 async fn get_updates(shared: &Shared, params: &Params) -> Answer {
+    if shared.lock().webhook.is_some() {
+        return Err(ApiError::new(
+            409,
+            "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+        ));
+    }
     let offset = params.int("offset")?;
     let limit = params.int("limit")?.map_or(100, |l| l.clamp(1, 100));
     let limit = usize::try_from(limit).unwrap_or(100);
