@@ -20,6 +20,7 @@ use protocol::{AgentName, ChatUser};
 mod chat;
 mod config;
 mod doctor;
+mod pair;
 mod up;
 
 /// Prints a line to standard output (the CLI's one output path).
@@ -90,6 +91,16 @@ enum Command {
         /// The NATS URL (default: the one `bot up` wrote to <home>/run/nats.url).
         #[arg(long)]
         nats_url: Option<String>,
+    },
+    /// Pair a chat account: prints a one-time code; whoever sends it to the assistant (in a
+    /// private chat, within 10 minutes) may talk to it and becomes an owner.
+    Pair {
+        /// The platform (the notify gateway must be configured and running for it).
+        #[arg(value_parser = pair::PLATFORMS)]
+        platform: String,
+        /// The gateway's configuration (default: <home>/gateway.toml).
+        #[arg(long)]
+        gateway_config: Option<PathBuf>,
     },
     /// Chat with the assistant from this terminal (the `terminal` channel).
     Chat {
@@ -164,7 +175,87 @@ fn main() -> ExitCode {
         ),
         Command::Chat { user, nats_url } => chat_command(&layout, user, nats_url),
         Command::Doctor { nats_url } => doctor_command(&layout, nats_url),
+        Command::Pair {
+            platform,
+            gateway_config,
+        } => pair_command(&layout, &platform, gateway_config),
     }
+}
+
+fn pair_command(
+    layout: &provision::Layout,
+    platform: &str,
+    gateway_config: Option<PathBuf>,
+) -> ExitCode {
+    let gateway_config =
+        gateway_config.unwrap_or_else(|| pair::default_gateway_config(layout.root()));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error[runtime]: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let (code, store) = match pair::start(&gateway_config, platform).await {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!("error[pair_unavailable]: {e:#}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        say(&format!(
+            "Send this code to the assistant on {platform}, in a private chat, within {} minutes:\n\n    {code}\n\n(the notify gateway must be running; Ctrl-C to cancel)",
+            notify_gateway::pairing::CODE_TTL.as_secs() / 60
+        ));
+        let waited = pair::wait(
+            &store,
+            platform,
+            &code,
+            std::time::Duration::from_millis(500),
+            shutdown_signal(),
+        )
+        .await;
+        let user = match waited {
+            Ok(pair::Paired::User(user)) => user,
+            Ok(pair::Paired::Expired | pair::Paired::Cancelled) => {
+                let _ = store.void_pairing(platform, &code).await;
+                // Someone may have used it at the last moment.
+                match store.paired_with(platform, &code).await {
+                    Ok(Some(user)) => format!("{platform}:{user}"),
+                    _ => {
+                        eprintln!(
+                            "error[pair_not_used]: nobody sent the code (it is void now); run `bot pair {platform}` again"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error[pair_failed]: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let config = layout.root().join("config.toml");
+        match pair::add_owner(&config, &user) {
+            Ok(_) => {
+                say(&format!(
+                    "paired:   {user}, added to owners in {}; restart `bot up` so the orchestrator accepts them",
+                    config.display()
+                ));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "error[pair_owner_not_added]: {user} is paired at the gateway but not an owner: {e:#}"
+                );
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// Where `bot up` records the NATS URL for `bot chat`.

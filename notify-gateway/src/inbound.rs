@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use crate::GatewayError;
 use crate::channel::{Channel, InboundEvent, InboundKind};
 use crate::limits::{Limits, RateDecision, RateLimiter};
+use crate::pairing::PairOutcome;
 use crate::store::Store;
 
 /// The notification shown when a press is refused because its button is not (or no longer)
@@ -51,6 +52,10 @@ impl Allowlist {
     /// From platform user ids.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(ids: I) -> Self {
         Allowlist(ids.into_iter().map(Into::into).collect())
+    }
+    /// Adds `id` (a user paired at run time).
+    pub fn insert(&mut self, id: String) {
+        self.0.insert(id);
     }
     /// Whether `id` is on the list.
     pub fn allows(&self, id: &str) -> bool {
@@ -310,7 +315,12 @@ pub async fn run<C: Channel>(
 ) -> Result<(), GatewayError> {
     let name = channel.name().clone();
     let mut limiter = RateLimiter::new(limits);
-    let gate = Gate {
+    // The configured allowlist plus everyone paired with a one-time code (`bot pair`).
+    let mut allow = allow.clone();
+    for user in store.paired_users(name.as_str()).await? {
+        allow.insert(user);
+    }
+    let mut gate = Gate {
         allow,
         limits: &limits,
     };
@@ -350,7 +360,7 @@ pub async fn run<C: Channel>(
             }
             let press = handle(
                 channel,
-                &gate,
+                &mut gate,
                 &mut limiter,
                 js,
                 audit,
@@ -379,7 +389,7 @@ type Answer = Option<(String, Option<String>)>;
 
 /// Who may talk, within which limits.
 struct Gate<'a> {
-    allow: &'a Allowlist,
+    allow: Allowlist,
     limits: &'a Limits,
 }
 
@@ -425,7 +435,7 @@ pub fn rate_limit(action: Action, limiter: &mut RateLimiter, now: Instant) -> Ac
 #[allow(clippy::too_many_arguments)]
 async fn handle<C: Channel>(
     channel: &C,
-    gate: &Gate<'_>,
+    gate: &mut Gate<'_>,
     limiter: &mut RateLimiter,
     js: &async_nats::jetstream::Context,
     audit: &AuditEmitter,
@@ -447,7 +457,20 @@ async fn handle<C: Channel>(
         }
         _ => false,
     };
-    let action = decide(name, gate.allow, gate.limits, &event.kind, shown);
+    if let InboundKind::Text {
+        sender,
+        chat_id,
+        private: true,
+        text,
+        ..
+    } = &event.kind
+        && !gate.allow.allows(sender)
+        && pair(channel, audit, store, sender, chat_id, text).await?
+    {
+        gate.allow.insert(sender.clone());
+        return Ok(Some(None));
+    }
+    let action = decide(name, &gate.allow, gate.limits, &event.kind, shown);
     match rate_limit(action, limiter, Instant::now()) {
         Action::Say(body) => {
             let sent =
@@ -542,6 +565,61 @@ async fn handle<C: Channel>(
         Action::Skip { code, press_id } => {
             tracing::info!(channel = %name, code, "inbound event skipped");
             Ok(Some(press_id.map(|p| (p, None))))
+        }
+    }
+}
+
+/// What a newly paired user is told.
+pub const PAIRED_TEXT: &str = "Paired: you can now talk to this assistant.";
+
+/// A text from a sender not on the allowlist, in a private chat: if it is the pending pairing
+/// code, the sender is paired (audited as `user_paired`, told so) and `true` is returned;
+/// anything else leaves the sender a stranger.
+async fn pair<C: Channel>(
+    channel: &C,
+    audit: &AuditEmitter,
+    store: &Store,
+    sender: &str,
+    chat_id: &str,
+    text: &str,
+) -> Result<bool, GatewayError> {
+    let name = channel.name();
+    let outcome = store
+        .try_pair(name.as_str(), sender, text, UnixMillis::now().0)
+        .await?;
+    match outcome {
+        PairOutcome::NotACode => Ok(false),
+        PairOutcome::WrongCode => {
+            tracing::warn!(channel = %name, code = "pairing_code_wrong", "a wrong pairing code was tried");
+            Ok(false)
+        }
+        PairOutcome::Paired => {
+            tracing::info!(channel = %name, "a user paired with a one-time code");
+            let (Ok(user), Ok(chat)) =
+                (ChatUser::from_parts(name, sender), chat_ref(name, chat_id))
+            else {
+                return Ok(true);
+            };
+            let correlation = CorrelationId::random();
+            if let Err(e) = audit
+                .emit(correlation, AuditEvent::UserPaired { user })
+                .await
+            {
+                tracing::warn!(channel = %name, code = e.code(), error = %e, "could not audit a pairing");
+            }
+            let message = OutboundMessage {
+                key: format!("paired-{correlation}"),
+                chat: chat.clone(),
+                text: PAIRED_TEXT.to_owned(),
+                buttons: Vec::new(),
+            };
+            if let Err(e) = channel
+                .post(chat.chat_id.as_str(), &channel.render_message(&message))
+                .await
+            {
+                tracing::warn!(channel = %name, code = e.code(), error = %e, "could not confirm a pairing to the user");
+            }
+            Ok(true)
         }
     }
 }

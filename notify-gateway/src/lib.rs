@@ -16,7 +16,8 @@
 //! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
 //! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack: only request-signing
 //! verification ([`slack::signing`], feature `slack`) exists; the Slack transport and web chat are
-//! not implemented yet; nor is pairing (`bot pair`). Telegram webhook mode: [`telegram_webhook`].
+//! not implemented yet. Telegram webhook mode: [`telegram_webhook`]; one-time pairing codes
+//! (`bot pair`): [`pairing`].
 //! Per-user length and rate
 //! limits: [`limits`].
 
@@ -29,6 +30,7 @@ pub mod imessage;
 pub mod inbound;
 pub mod limits;
 pub mod outbound;
+pub mod pairing;
 #[cfg(feature = "slack")]
 pub mod slack;
 pub mod store;

@@ -30,12 +30,18 @@ pub enum StoreError {
     /// A stored cursor is out of range.
     #[error("gateway state database holds an invalid cursor {0}")]
     BadCursor(i64),
+    /// A pairing code is not in the code format.
+    #[error("not a pairing code")]
+    BadCode,
 }
 
 impl StoreError {
     /// A stable code.
     pub fn code(&self) -> &'static str {
-        "gateway_state_failed"
+        match self {
+            StoreError::BadCode => "pairing_code_invalid",
+            _ => "gateway_state_failed",
+        }
     }
 }
 
@@ -89,12 +95,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::pairing::SCHEMA)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    async fn with<T: Send + 'static>(
+    pub(crate) async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {

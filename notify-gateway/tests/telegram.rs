@@ -805,3 +805,70 @@ async fn the_api_down_loses_and_doubles_nothing() {
     assert_eq!(sent[0].text, "sent while Telegram was down");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_one_time_code_pairs_a_new_user_for_good() {
+    use notify_gateway::inbound::PAIRED_TEXT;
+    let h = Harness::start().await;
+    let js = h.orchestrator().await;
+    // `bot pair telegram` writes the code into the gateway's state database.
+    let code = notify_gateway::pairing::new_code().unwrap();
+    Store::open(&h.db)
+        .unwrap()
+        .start_pairing("telegram", &code, UnixMillis::now().0)
+        .await
+        .unwrap();
+    let gw = h.gateway().await;
+    // A stranger guessing gets nothing; Bob, with the code, is paired and told so.
+    h.tg.user_says(MALLORY, MALLORY, "AAAA-AAAA");
+    h.tg.user_says(BOB, BOB, "hello");
+    h.tg.user_says(BOB, BOB, &format!("/start {}", code.to_lowercase()));
+    h.tg.user_says(BOB, BOB, "start bedtime");
+    let got = h.chat_in(&js, 1).await;
+    let texts: Vec<(String, String)> = got
+        .iter()
+        .map(|(_, p)| {
+            let ChatIn::Text(t) = Envelope::<ChatIn>::decode(p).unwrap().body;
+            (t.user.to_string(), t.text)
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [("telegram:43".to_owned(), "start bedtime".to_owned())],
+        "neither the code nor Bob's earlier message is forwarded"
+    );
+    let sent = h.tg.sent();
+    assert_eq!(sent.len(), 1, "only Bob is answered: {sent:?}");
+    assert_eq!((sent[0].chat_id, sent[0].text.as_str()), (BOB, PAIRED_TEXT));
+    // The pairing is audited.
+    let admin = jetstream::new(h.server.admin().await.unwrap());
+    let audit = admin.get_stream(stream::AUDIT).await.unwrap();
+    let mut paired = Vec::new();
+    let info = audit.get_info().await.unwrap();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if let Ok(raw) = audit.get_raw_message(seq).await
+            && let Ok(e) = Envelope::<AuditEvent>::decode(&raw.payload)
+            && let AuditEvent::UserPaired { user } = e.body
+        {
+            paired.push(user.to_string());
+        }
+    }
+    assert_eq!(paired, ["telegram:43"]);
+    // The code is used up: Mallory cannot reuse it.
+    h.tg.user_says(MALLORY, MALLORY, &code);
+    until("every update handled", || h.tg.pending_updates() == 0).await;
+    gw.stop().await;
+    // After a restart Bob is still allowed, Mallory still is not.
+    let gw = h.gateway().await;
+    h.tg.user_says(MALLORY, MALLORY, "let me in");
+    h.tg.user_says(BOB, BOB, "good morning");
+    let got = h.chat_in(&js, 1).await;
+    assert_eq!(got.len(), 1);
+    let ChatIn::Text(t) = Envelope::<ChatIn>::decode(&got[0].1).unwrap().body;
+    assert_eq!(
+        (t.user.as_str(), t.text.as_str()),
+        ("telegram:43", "good morning")
+    );
+    assert_eq!(h.tg.sent().len(), 1, "nothing more was sent");
+    gw.stop().await;
+}

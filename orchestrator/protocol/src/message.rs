@@ -641,6 +641,12 @@ pub enum AuditEvent {
         /// Why.
         code: ErrorCode,
     },
+    /// A chat user sent the one-time pairing code (`bot pair`) and was added to the gateway's
+    /// allowlist.
+    UserPaired {
+        /// Who.
+        user: ChatUser,
+    },
     /// A message or press from an allowlisted user was refused at the gateway (too long, over
     /// the per-user rate): the user was told, nothing was published.
     InputRefused {
@@ -932,6 +938,7 @@ impl Body for AuditEvent {
             AuditEvent::ApprovalDecided { .. }
             | AuditEvent::DecisionRefused { .. }
             | AuditEvent::InputRefused { .. }
+            | AuditEvent::UserPaired { .. }
             | AuditEvent::CommandReceived { .. }
             | AuditEvent::CommandRejected { .. }
             | AuditEvent::CommandFailed { .. } => Ok(()),
@@ -946,6 +953,7 @@ impl AuditEvent {
             AuditEvent::MessageReceived { .. } => "message_received",
             AuditEvent::SenderRejected { .. } => "sender_rejected",
             AuditEvent::InputRefused { .. } => "input_refused",
+            AuditEvent::UserPaired { .. } => "user_paired",
             AuditEvent::PlanProposed { .. } => "plan_proposed",
             AuditEvent::PlanStarted { .. } => "plan_started",
             AuditEvent::PlanRefused { .. } => "plan_refused",
