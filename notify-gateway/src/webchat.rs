@@ -332,4 +332,61 @@ mod tests {
         let _c = web.submit("web-c".into(), text("c")).unwrap();
         assert_eq!(web.poll(Some(10)).await.unwrap()[0].cursor, 44);
     }
+
+    #[tokio::test]
+    async fn a_press_resolves_when_it_is_answered_refused_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = History::open(&dir.path().join("gw.sqlite")).unwrap();
+        let web = WebChat::new(ChannelName::new("web").unwrap(), "owner", h)
+            .await
+            .unwrap();
+        let press = |id: &str| InboundKind::Button {
+            sender: "owner".into(),
+            chat_id: Some(CHAT_ID.into()),
+            private: true,
+            message_id: Some("m1".into()),
+            press_id: id.into(),
+            payload: "ap:1".into(),
+        };
+        let mut ok = web.submit("web-p1".into(), press("p1")).unwrap();
+        let mut refused = web.submit("web-p2".into(), press("p2")).unwrap();
+        let mut gone = web.submit("web-p3".into(), press("p3")).unwrap();
+        assert_eq!(web.poll(None).await.unwrap().len(), 3);
+        // Confirming the cursor alone does not answer a press: the answer says how it ended.
+        web.confirm(3).await;
+        assert!(ok.try_recv().is_err());
+        web.answer_press("p1", None).await.unwrap();
+        web.answer_press("p2", Some("This button is no longer valid."))
+            .await
+            .unwrap();
+        assert_eq!(ok.try_recv().unwrap(), Secured::Done);
+        assert_eq!(refused.try_recv().unwrap(), Secured::Refused);
+        // A press nobody waits for any more is forgotten; a late answer is harmless.
+        web.forget_press("p3");
+        assert!(gone.try_recv().is_err());
+        web.answer_press("p3", None).await.unwrap();
+        // Posts land in the one conversation only.
+        let r = Rendered {
+            text: "hi".into(),
+            buttons: vec![],
+        };
+        let d = web.post(CHAT_ID, &r).await.unwrap();
+        assert_eq!((d.chat_id.as_str(), d.message_id.as_str()), ("web", "m1"));
+        assert_eq!(*web.versions().borrow(), 1);
+        assert!(matches!(
+            web.post("42", &r).await,
+            Err(DeliveryError::Permanent(_))
+        ));
+        assert!(matches!(
+            web.edit(
+                &Delivered {
+                    chat_id: CHAT_ID.into(),
+                    message_id: "m9".into()
+                },
+                &r
+            )
+            .await,
+            Err(DeliveryError::Permanent(_))
+        ));
+    }
 }
