@@ -821,6 +821,30 @@ async fn the_long_poll_returns_promptly_when_a_message_arrives() {
     let a = h.messages(&gw, v, 100).await;
     assert_eq!(a.body["messages"], json!([]));
     assert_eq!(a.body["version"], v);
+
+    // Long polls are bounded: the 17th open one is refused with a code.
+    let mut open = Vec::new();
+    for _ in 0..notify_gateway::webchat::http::MAX_POLLS {
+        let http = h.http.clone();
+        let url = format!("{}/api/messages?after={v}&wait_ms=3000", gw.base);
+        let auth = h.bearer();
+        open.push(tokio::spawn(async move {
+            http.get(url)
+                .header("Authorization", auth)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let a = h.messages(&gw, v, 100).await;
+    assert_error(&a, 503, "too_many_polls");
+    for p in open {
+        assert_eq!(p.await.unwrap(), 200);
+    }
+    assert_eq!(h.messages(&gw, v, 0).await.status, 200, "free again");
     gw.stop().await;
 }
 

@@ -7,10 +7,11 @@
 //! with the bound port; anything else is a DNS-rebinding attempt: 421); a `POST` whose `Origin`
 //! is present must come from that same origin (403); every `/api/` request must carry the token
 //! as `Authorization: Bearer` (401, compared in constant time). Bodies are at most 16 KiB (413)
-//! and JSON with no unknown fields. Every response carries a strict CSP, `nosniff`,
-//! `no-referrer` and `no-store`. Errors are `{"error": {"code", "correlation_id"}}`, logged
-//! with the same correlation id and never with internals. A text or press is answered only once
-//! the inbound loop secured it ([`super::WebChat`]).
+//! and JSON with no unknown fields; at most [`MAX_POLLS`] long polls are open at once. Every
+//! response carries a strict CSP, `nosniff`, `no-referrer` and `no-store`. Errors are
+//! `{"error": {"code", "correlation_id"}}`, logged with the same correlation id and never with
+//! internals. A text or press is answered only once the inbound loop secured it
+//! ([`super::WebChat`]).
 //!
 //! What it does not do: no cookies or sessions (the page holds the token in memory, so there
 //! is no ambient credential to forge a request with), no CORS (there is no cross-origin
@@ -18,6 +19,7 @@
 //! logs the token or the request's headers.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -34,7 +36,7 @@ use protocol::message::MAX_CHAT_TEXT;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use super::token::WebToken;
 use super::{CHAT_ID, QueueError, Secured, WebChat};
@@ -45,6 +47,8 @@ use crate::inbound::{Action, decide};
 pub const MAX_BODY: usize = 16 * 1024;
 /// The longest a long poll waits.
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
+/// Most long polls open at once (several tabs are fine; more is a runaway page).
+pub const MAX_POLLS: usize = 16;
 /// How long a text or press may take to be secured before the page is told to retry.
 const SECURE_WAIT: Duration = Duration::from_secs(10);
 
@@ -61,6 +65,7 @@ struct App {
     token: WebToken,
     port: u16,
     stop: watch::Receiver<bool>,
+    polls: Arc<Semaphore>,
 }
 
 /// Serves the web chat on `listener` until `shutdown` resolves (open long polls and waits end
@@ -89,6 +94,7 @@ fn router(chat: WebChat, token: WebToken, port: u16, stop: watch::Receiver<bool>
         token,
         port,
         stop,
+        polls: Arc::new(Semaphore::new(MAX_POLLS)),
     };
     Router::new()
         .route("/", get(index))
@@ -252,19 +258,21 @@ fn read_json<T: DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|_invalid| (StatusCode::BAD_REQUEST, "request_invalid"))
 }
 
-/// Waits until the inbound loop secured the request (or the wait or the server ends).
+/// Waits until the inbound loop secured the request (or the wait or the server ends): the
+/// outcome, or the refusal to answer with.
 async fn secured(
     app: &App,
     waiting: Result<tokio::sync::oneshot::Receiver<Secured>, QueueError>,
-) -> Option<Secured> {
+) -> Result<Secured, Refusal> {
     let Ok(waiting) = waiting else {
-        return None;
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "busy"));
     };
     let mut stop = app.stop.clone();
-    tokio::select! {
+    let outcome = tokio::select! {
         r = tokio::time::timeout(SECURE_WAIT, waiting) => r.ok().and_then(Result::ok),
         _ = stop.wait_for(|s| *s) => None,
-    }
+    };
+    outcome.ok_or((StatusCode::SERVICE_UNAVAILABLE, "not_secured"))
 }
 
 fn accepted(event_id: &str) -> Response {
@@ -328,8 +336,8 @@ async fn send_text(
     }
     let event_id = format!("web-{}", req.client_id);
     match secured(&app, app.chat.submit(event_id.clone(), kind)).await {
-        Some(_) => accepted(&event_id),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "not_secured"),
+        Ok(_) => accepted(&event_id),
+        Err((status, code)) => error(status, code),
     }
 }
 
@@ -377,11 +385,11 @@ async fn press(
     let event_id = format!("web-{press_id}");
     let outcome = secured(&app, app.chat.submit(event_id.clone(), kind)).await;
     match outcome {
-        Some(Secured::Done) => accepted(&event_id),
-        Some(Secured::Refused) => error(StatusCode::CONFLICT, "button_not_shown"),
-        None => {
+        Ok(Secured::Done) => accepted(&event_id),
+        Ok(Secured::Refused) => error(StatusCode::CONFLICT, "button_not_shown"),
+        Err((status, code)) => {
             app.chat.forget_press(&press_id);
-            error(StatusCode::SERVICE_UNAVAILABLE, "not_secured")
+            error(status, code)
         }
     }
 }
@@ -396,6 +404,9 @@ struct Since {
 async fn list(State(app): State<App>, query: Result<Query<Since>, QueryRejection>) -> Response {
     let Ok(Query(since)) = query else {
         return error(StatusCode::BAD_REQUEST, "request_invalid");
+    };
+    let Ok(_poll) = app.polls.clone().try_acquire_owned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "too_many_polls");
     };
     let wait = since
         .wait_ms
