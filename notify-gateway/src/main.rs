@@ -361,17 +361,38 @@ mod web {
         let listener =
             tokio::net::TcpListener::from_std(web.listener).map_err(GatewayError::WebServer)?;
         let chat = WebChat::new(web.name, &web.user, web.history).await?;
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
+        // Either half ending (the loops failing, the server failing) stops the other.
+        let (ended, ended_rx) = watch::channel(false);
+        let until = |mut stop: watch::Receiver<bool>, mut ended: watch::Receiver<bool>| async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = ended.wait_for(|s| *s) => {}
+            }
         };
-        let server = notify_gateway::webchat::http::serve(
-            listener,
-            chat.clone(),
-            web.token,
-            stopped(stop.clone()),
-        );
+        let server = async {
+            let r = notify_gateway::webchat::http::serve(
+                listener,
+                chat.clone(),
+                web.token,
+                until(stop.clone(), ended_rx.clone()),
+            )
+            .await;
+            ended.send_replace(true);
+            r
+        };
         let allow = chat.allowlist();
-        let loops = notify_gateway::run(chat, allow, client, store, stopped(stop));
+        let loops = async {
+            let r = notify_gateway::run(
+                chat.clone(),
+                allow,
+                client,
+                store,
+                until(stop.clone(), ended_rx.clone()),
+            )
+            .await;
+            ended.send_replace(true);
+            r
+        };
         let (served, ran) = tokio::join!(server, loops);
         ran.and(served.map_err(GatewayError::WebServer))
     }
