@@ -920,3 +920,94 @@ async fn a_restart_keeps_the_history_and_neither_loses_nor_doubles() {
     );
     gw.stop().await;
 }
+
+/// Kills the gateway binary on drop (a failed assertion must not leave it running).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_creates_the_token_serves_the_page_and_never_logs_the_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token_file = dir.path().join("secrets-web-token");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "nats_url = \"{}\"\nhome = \"{}\"\nstate_db = \"{}\"\n[web]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+            h.server.url(),
+            h.server.layout().root().display(),
+            dir.path().join("gateway.sqlite").display(),
+            token_file.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let _child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_notify-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = h.http.get(format!("{base}/")).send().await
+            && r.status().as_u16() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never came up:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(token.len(), 64);
+
+    // The page works with the token from the file: a text is published.
+    let r = h
+        .http
+        .post(format!("{base}/api/messages"))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"client_id":"from-the-binary-1","text":"start bedtime"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert_eq!(h.chat_in_count().await, 1);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("web chat listening"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}/")),
+        "{text}"
+    );
+    assert!(text.contains(&token_file.display().to_string()), "{text}");
+    assert!(!text.contains(&token), "the token is never logged:\n{text}");
+    assert!(!text.contains(&token[..16]), "not even part of it:\n{text}");
+}
