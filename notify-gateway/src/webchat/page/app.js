@@ -4,7 +4,8 @@
 "use strict";
 
 (function () {
-  const token = decodeURIComponent(location.hash.slice(1));
+  let token = "";
+  try { token = decodeURIComponent(location.hash.slice(1)).trim(); } catch (e) { token = ""; }
   const log = document.getElementById("log");
   const status = document.getElementById("status");
   const form = document.getElementById("compose");
