@@ -24,6 +24,11 @@
 //! # chat_db = "/Users/me/Library/Messages/chat.db"           # the default
 //! # osascript = "/usr/bin/osascript"                        # the default on macOS
 //! # poll_interval_ms = 2000
+//!
+//! [web]                                        # the local web chat (feature `web`)
+//! listen = "127.0.0.1:8765"                    # loopback only; anything else is refused
+//! token_file = "/home/me/.assistant/secrets/web-token"     # created (0600) if missing
+//! user = "owner"                               # the web user's id: `web:owner` to the orchestrator
 //! ```
 //!
 //! What it does not do: no environment overrides yet; the token is read by
@@ -83,6 +88,8 @@ pub struct Config {
     pub telegram: Option<TelegramConfig>,
     /// The iMessage channel, if enabled.
     pub imessage: Option<IMessageConfig>,
+    /// The web chat, if enabled.
+    pub web: Option<WebConfig>,
     /// Per-user input limits (defaults when absent).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -122,6 +129,24 @@ pub struct TelegramWebhookConfig {
     pub public_url: String,
     /// Where the gateway listens (behind the proxy).
     pub listen: std::net::SocketAddr,
+}
+
+/// The web chat: a token-protected page on a loopback address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Where to listen; must be a loopback address (`127.0.0.1:8765`, `[::1]:8765`).
+    pub listen: std::net::SocketAddr,
+    /// The file holding the page's access token (created, mode 0600, if missing).
+    pub token_file: PathBuf,
+    /// The web user's id (1 to 64 of `A-Za-z0-9_-`; default `owner`). The orchestrator knows
+    /// this user as `web:<user>`.
+    #[serde(default = "default_web_user")]
+    pub user: String,
+}
+
+fn default_web_user() -> String {
+    "owner".to_owned()
 }
 
 /// The iMessage channel (macOS).
@@ -220,6 +245,22 @@ impl Config {
                 ));
             }
         }
+        if let Some(w) = &c.web {
+            if !w.listen.ip().is_loopback() {
+                return Err(ParseFailure::Invalid(
+                    "web.listen must be a loopback address (127.0.0.1 or [::1])",
+                ));
+            }
+            let user_ok = (1..=64).contains(&w.user.len())
+                && w.user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !user_ok {
+                return Err(ParseFailure::Invalid(
+                    "web.user must be 1 to 64 of A-Za-z0-9_-",
+                ));
+            }
+        }
         Ok(c)
     }
 }
@@ -307,6 +348,45 @@ mod tests {
         assert!(matches!(
             Config::parse(&limits.replace("burst = 5", "burst = 0")),
             Err(ParseFailure::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn web_is_loopback_only() {
+        let base = r#"
+            nats_url = "nats://127.0.0.1:4222"
+            home = "/h"
+            state_db = "/h/gw.sqlite"
+            [web]
+            token_file = "/h/web-token"
+        "#;
+        let with = |extra: &str| Config::parse(&format!("{base}{extra}\n"));
+        let c = with("listen = \"127.0.0.1:8765\"").ok().unwrap();
+        let w = c.web.unwrap();
+        assert_eq!(w.user, "owner");
+        assert_eq!(w.listen.port(), 8765);
+        assert!(with("listen = \"[::1]:8765\"\nuser = \"me_2\"").is_ok());
+        for refused in [
+            "listen = \"0.0.0.0:8765\"",
+            "listen = \"192.168.1.2:8765\"",
+            "listen = \"[::]:8765\"",
+            "listen = \"127.0.0.1:8765\"\nuser = \"\"",
+            "listen = \"127.0.0.1:8765\"\nuser = \"a b\"",
+            "listen = \"127.0.0.1:8765\"\nuser = \"a:b\"",
+        ] {
+            assert!(
+                matches!(with(refused), Err(ParseFailure::Invalid(_))),
+                "{refused}"
+            );
+        }
+        // Not an address, or an unknown key.
+        assert!(matches!(
+            with("listen = \"localhost:8765\""),
+            Err(ParseFailure::Toml(_))
+        ));
+        assert!(matches!(
+            with("listen = \"127.0.0.1:8765\"\ntoken = \"x\""),
+            Err(ParseFailure::Toml(_))
         ));
     }
 }

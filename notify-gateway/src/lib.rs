@@ -14,12 +14,11 @@
 //! What it does not do: it holds no capability key and never signs or verifies button MACs
 //! (the orchestrator does); it may publish only chat input, decisions and its own audit events
 //! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
-//! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack: only request-signing
-//! verification ([`slack::signing`], feature `slack`) exists; the Slack transport and web chat are
-//! not implemented yet. Telegram webhook mode: [`telegram_webhook`]; one-time pairing codes
-//! (`bot pair`): [`pairing`].
-//! Per-user length and rate
-//! limits: [`limits`].
+//! ([`telegram`], with an optional webhook mode in [`telegram_webhook`]), iMessage
+//! ([`imessage`], macOS) and the web chat ([`webchat`], a token-protected page on loopback,
+//! feature `web`). Slack: only request-signing verification ([`slack::signing`], feature
+//! `slack`) exists; the Slack transport is not implemented yet. One-time pairing codes
+//! (`bot pair`): [`pairing`]; per-user length and rate limits: [`limits`].
 
 #![forbid(unsafe_code)]
 
@@ -38,6 +37,8 @@ pub mod store;
 pub mod telegram;
 #[cfg(feature = "telegram")]
 pub mod telegram_webhook;
+#[cfg(feature = "web")]
+pub mod webchat;
 
 use std::future::Future;
 
@@ -65,6 +66,9 @@ pub enum GatewayError {
     /// A loop task died.
     #[error("gateway task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The web chat's page server could not run.
+    #[error("web chat server: {0}")]
+    WebServer(#[source] std::io::Error),
 }
 
 impl GatewayError {
@@ -75,6 +79,7 @@ impl GatewayError {
             GatewayError::Nats(_) => "nats_failed",
             GatewayError::Encode(_) => "message_encode_failed",
             GatewayError::Task(_) => "gateway_task_failed",
+            GatewayError::WebServer(_) => "web_server_failed",
         }
     }
 }

@@ -48,10 +48,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if config.telegram.is_none() && config.imessage.is_none() {
+    if config.telegram.is_none() && config.imessage.is_none() && config.web.is_none() {
         tracing::error!(
             code = "config_invalid",
-            "no channel configured ([telegram] or [imessage])"
+            "no channel configured ([telegram], [imessage] or [web])"
         );
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -79,6 +79,24 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
+    #[cfg(not(feature = "web"))]
+    if config.web.is_some() {
+        tracing::error!(
+            code = "config_invalid",
+            "[web] is configured but this build has no web chat"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    #[cfg(feature = "web")]
+    let web = match config
+        .web
+        .as_ref()
+        .map(|w| web::prepare(w, &config.state_db))
+        .transpose()
+    {
+        Ok(w) => w,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -165,21 +183,37 @@ fn main() -> ExitCode {
         };
         #[cfg(not(feature = "imessage"))]
         let imessage = async { Ok::<(), notify_gateway::GatewayError>(()) };
-        // Both channels run until a signal; when one fails, the other is stopped too.
+        #[cfg(feature = "web")]
+        let web = web::run(web, limits, client.clone(), store.clone(), stop_rx.clone());
+        #[cfg(not(feature = "web"))]
+        let web = async { Ok::<(), notify_gateway::GatewayError>(()) };
+        // The channels run until a signal; when one fails, the others are stopped too (an
+        // unconfigured channel returns at once and stops nothing).
         let channels = async {
-            let (a, b) = tokio::join!(
+            let (a, b, c) = tokio::join!(
                 async {
                     let r = telegram.await;
-                    stop_tx.send_replace(true);
+                    if r.is_err() {
+                        stop_tx.send_replace(true);
+                    }
                     r
                 },
                 async {
                     let r = imessage.await;
-                    stop_tx.send_replace(true);
+                    if r.is_err() {
+                        stop_tx.send_replace(true);
+                    }
+                    r
+                },
+                async {
+                    let r = web.await;
+                    if r.is_err() {
+                        stop_tx.send_replace(true);
+                    }
                     r
                 }
             );
-            a.and(b)
+            a.and(b).and(c)
         };
         let result = tokio::select! {
             r = channels => r,
@@ -299,6 +333,118 @@ fn imessage_channel(
         Duration::from_millis(im.poll_interval_ms.unwrap_or(2_000)),
     );
     Ok((channel, Allowlist::new(handles)))
+}
+
+/// The web chat's wiring (feature `web`).
+#[cfg(feature = "web")]
+mod web {
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    use notify_gateway::GatewayError;
+    use notify_gateway::config::WebConfig;
+    use notify_gateway::store::Store;
+    use notify_gateway::webchat::WebChat;
+    use notify_gateway::webchat::history::History;
+    use notify_gateway::webchat::token::WebToken;
+    use protocol::ChannelName;
+    use tokio::sync::watch;
+
+    /// What the web chat needs, checked before anything connects.
+    #[derive(Debug)]
+    pub(super) struct Prepared {
+        token: WebToken,
+        history: History,
+        listener: std::net::TcpListener,
+        name: ChannelName,
+        user: String,
+    }
+
+    /// Reads (or creates) the token file, opens the history and binds the loopback address, or
+    /// returns the exit code.
+    pub(super) fn prepare(web: &WebConfig, state_db: &Path) -> Result<Prepared, ExitCode> {
+        let config_error = ExitCode::from(super::EXIT_CONFIG);
+        let name = ChannelName::new("web").map_err(|_invalid| ExitCode::FAILURE)?;
+        let token = WebToken::load_or_create(&web.token_file).map_err(|e| {
+            tracing::error!(code = e.code(), error = %e, "bad web chat token file");
+            config_error
+        })?;
+        let history = History::open(state_db).map_err(|e| {
+            tracing::error!(code = e.code(), error = %e, "cannot open the web chat history");
+            config_error
+        })?;
+        let listener = std::net::TcpListener::bind(web.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| {
+                tracing::error!(code = "web_listen_failed", listen = %web.listen, error = %e, "cannot listen");
+                config_error
+            })?;
+        // The token is never logged: the page is this URL plus `#` and the token.
+        tracing::info!(
+            url = %format!("http://{}/", web.listen),
+            token_file = %web.token_file.display(),
+            "web chat listening; open the URL followed by `#` and the token file's content"
+        );
+        Ok(Prepared {
+            token,
+            history,
+            listener,
+            name,
+            user: web.user.clone(),
+        })
+    }
+
+    /// Runs the web chat's page server and gateway loops until `stop` turns true (nothing if
+    /// `[web]` is not configured).
+    pub(super) async fn run(
+        web: Option<Prepared>,
+        limits: notify_gateway::limits::Limits,
+        client: async_nats::Client,
+        store: Store,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), GatewayError> {
+        let Some(web) = web else {
+            return Ok(());
+        };
+        let listener =
+            tokio::net::TcpListener::from_std(web.listener).map_err(GatewayError::WebServer)?;
+        let chat = WebChat::new(web.name, &web.user, web.history).await?;
+        // Either half ending (the loops failing, the server failing) stops the other.
+        let (ended, ended_rx) = watch::channel(false);
+        let until = |mut stop: watch::Receiver<bool>, mut ended: watch::Receiver<bool>| async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = ended.wait_for(|s| *s) => {}
+            }
+        };
+        let server = async {
+            let r = notify_gateway::webchat::http::serve(
+                listener,
+                chat.clone(),
+                web.token,
+                until(stop.clone(), ended_rx.clone()),
+            )
+            .await;
+            ended.send_replace(true);
+            r
+        };
+        let allow = chat.allowlist();
+        let loops = async {
+            let r = notify_gateway::run_with(
+                chat.clone(),
+                allow,
+                limits,
+                client,
+                store,
+                until(stop.clone(), ended_rx.clone()),
+            )
+            .await;
+            ended.send_replace(true);
+            r
+        };
+        let (served, ran) = tokio::join!(server, loops);
+        ran.and(served.map_err(GatewayError::WebServer))
+    }
 }
 
 async fn shutdown_signal() {
