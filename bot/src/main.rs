@@ -187,8 +187,7 @@ fn pair_command(
     platform: &str,
     gateway_config: Option<PathBuf>,
 ) -> ExitCode {
-    let gateway_config =
-        gateway_config.unwrap_or_else(|| pair::default_gateway_config(layout.root()));
+    let gateway_config = gateway_config.unwrap_or_else(|| up::gateway_config_path(layout));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

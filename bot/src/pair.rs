@@ -11,7 +11,7 @@
 //! What it does not do: it does not talk to the platform or to NATS (the gateway does), and it
 //! never prints anything but the code it made.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -113,11 +113,6 @@ pub(crate) fn add_owner(path: &Path, user: &str) -> anyhow::Result<bool> {
     std::fs::write(&tmp, doc.to_string()).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
     Ok(true)
-}
-
-/// The default gateway configuration path.
-pub(crate) fn default_gateway_config(home: &Path) -> PathBuf {
-    home.join("gateway.toml")
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ const HUE_BIN: &str = "agent-hue";
 const ANOMALY_BIN: &str = "agent-audit-anomaly";
 const AUDIT_WRITER_BIN: &str = "audit-writer";
 const EGRESS_BIN: &str = "egress-proxy";
+const GATEWAY_BIN: &str = "notify-gateway";
+/// The web chat's user, as the orchestrator knows them.
+pub(crate) const WEB_OWNER: &str = "web:owner";
 
 /// How long a host service may take to stop after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -85,6 +88,19 @@ pub(crate) async fn run(
         say(&format!(
             "config:   wrote defaults to {} (edit it to add owners, an LLM, a bridge)",
             created.display()
+        ));
+    }
+    if let Some(created) = write_default_gateway_config(layout)? {
+        let added = crate::pair::add_owner(&config_path, WEB_OWNER)?;
+        say(&format!(
+            "gateway:  wrote defaults to {} (the web chat on 127.0.0.1:8765{}; connect Telegram, \
+             Slack or iMessage there)",
+            created.display(),
+            if added {
+                ", its user web:owner added to the owners"
+            } else {
+                ""
+            }
         ));
     }
     let bot = BotConfig::load(&config_path)?;
@@ -284,6 +300,16 @@ pub(crate) async fn run(
             sandbox: Some((sandbox.as_ref(), deployments.keys().cloned().collect())),
             settings: WatchSettings::default(),
         };
+        // The notify gateway (chat apps and the web chat): a host process, since it talks to
+        // the platforms (and reads the Messages database on macOS), never to the agents.
+        let (gateway, web_url) = start_gateway(layout, &bins, &url).await?;
+        running.gateway = Some(gateway);
+        match web_url {
+            Some(link) => say(&format!(
+                "web chat: {link} (the link holds its access token)"
+            )),
+            None => say("gateway:  started (no web chat configured)"),
+        }
         let owners: Vec<String> = config.owners.iter().map(|o| o.to_string()).collect();
         say(&format!(
             "ready:    talk to it with `bot chat` (owners: {}); Ctrl-C stops everything",
@@ -347,6 +373,7 @@ enum HueChoice {
 struct Running {
     nats: Option<Service>,
     audit: Option<Service>,
+    gateway: Option<Service>,
     agents: Vec<AgentName>,
     bridge: Option<hue_sim::FakeBridge>,
 }
@@ -355,9 +382,13 @@ impl Running {
     /// Completes (with the reason) when a host service exits on its own.
     async fn watch_services(&mut self) -> anyhow::Error {
         loop {
-            for s in [self.nats.as_mut(), self.audit.as_mut()]
-                .into_iter()
-                .flatten()
+            for s in [
+                self.nats.as_mut(),
+                self.audit.as_mut(),
+                self.gateway.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if let Some(status) = s.try_exit() {
                     return anyhow!(
@@ -374,6 +405,12 @@ impl Running {
     /// Agents, then the audit writer, then NATS.
     async fn stop(mut self, layout: &Layout, sandbox: &AnySandbox) -> anyhow::Result<()> {
         let mut problems = Vec::new();
+        if let Some(gateway) = self.gateway.take() {
+            say("stopping: notify gateway");
+            if let Err(e) = gateway.stop(STOP_GRACE).await {
+                problems.push(format!("notify gateway: {e}"));
+            }
+        }
         for agent in std::mem::take(&mut self.agents) {
             say(&format!("stopping: agent {agent}"));
             if let Err(e) = sandbox.stop(&agent).await {
@@ -453,6 +490,7 @@ struct Programs {
     anomaly: PathBuf,
     audit_writer: PathBuf,
     egress: PathBuf,
+    gateway: PathBuf,
     nats_server: PathBuf,
 }
 
@@ -499,8 +537,124 @@ impl Programs {
             anomaly: need(ANOMALY_BIN)?,
             audit_writer: need(AUDIT_WRITER_BIN)?,
             egress: need(EGRESS_BIN)?,
+            gateway: need(GATEWAY_BIN)?,
             nats_server,
         })
+    }
+}
+
+/// The gateway's configuration file (the user's; `bot up` runs a copy with its NATS URL).
+pub(crate) fn gateway_config_path(layout: &Layout) -> PathBuf {
+    layout.root().join("gateway.toml")
+}
+
+/// Writes `<home>/gateway.toml` with the web chat only, unless it exists.
+fn write_default_gateway_config(layout: &Layout) -> anyhow::Result<Option<PathBuf>> {
+    let path = gateway_config_path(layout);
+    if path.exists() {
+        return Ok(None);
+    }
+    let home = layout.root().display().to_string();
+    let text = format!(
+        r#"# The notify gateway: see notify-gateway/README.md. `bot up` sets nats_url and home.
+nats_url = "tls://127.0.0.1:4222"
+home = {home:?}
+state_db = {db:?}
+
+# The web chat, on this machine only; `bot up` prints its link.
+[web]
+listen = "127.0.0.1:8765"
+token_file = {token:?}
+user = "owner"          # the orchestrator knows this user as web:owner
+
+# [telegram] / [slack] / [imessage]: see notify-gateway/README.md ("Connect ...").
+"#,
+        db = layout.root().join("gateway.sqlite").display().to_string(),
+        token = layout
+            .root()
+            .join("secrets/webchat-token")
+            .display()
+            .to_string(),
+    );
+    write_private(&path, text.as_bytes())?;
+    Ok(Some(path))
+}
+
+/// Starts the gateway with a copy of the user's configuration pointing at this run's NATS;
+/// returns it and, with a web chat, its link (waiting for the gateway to create the token).
+async fn start_gateway(
+    layout: &Layout,
+    bins: &Programs,
+    url: &str,
+) -> anyhow::Result<(Service, Option<String>)> {
+    let path = gateway_config_path(layout);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    table.insert("nats_url".to_owned(), toml::Value::String(url.to_owned()));
+    table.insert(
+        "home".to_owned(),
+        toml::Value::String(layout.root().display().to_string()),
+    );
+    let web = table.get("web").and_then(toml::Value::as_table).map(|w| {
+        (
+            w.get("listen")
+                .and_then(toml::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            w.get("token_file")
+                .and_then(toml::Value::as_str)
+                .map(PathBuf::from),
+        )
+    });
+    if let Some(dir) = web
+        .as_ref()
+        .and_then(|(_, t)| t.as_deref())
+        .and_then(Path::parent)
+        && !dir.exists()
+    {
+        private_dir(dir)?;
+    }
+    let run = layout.root().join("run/gateway.toml");
+    write_private(&run, toml::to_string(&table)?.as_bytes())?;
+    let mut env = log_env();
+    if let Some(home) = std::env::var_os("HOME") {
+        env.push(("HOME".to_owned(), home.to_string_lossy().into_owned()));
+    }
+    let mut service = Service::spawn(&ServiceSpec {
+        name: "notify-gateway".to_owned(),
+        binary: bins.gateway.clone(),
+        args: vec!["--config".to_owned(), run.display().to_string()],
+        env,
+        dir: layout.root().join("run/notify-gateway"),
+        log: logs_dir(layout).join("notify-gateway.log"),
+    })?;
+    let Some((listen, Some(token_file))) = web else {
+        return Ok((service, None));
+    };
+    // The gateway creates the token file (0600) before it serves the page.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = service.try_exit() {
+            bail!(
+                "the notify gateway exited ({status}); its log:\n{}",
+                tail(&service.log(), 20)
+            );
+        }
+        if let Ok(token) = std::fs::read_to_string(&token_file)
+            && !token.trim().is_empty()
+        {
+            return Ok((service, Some(format!("http://{listen}/#{}", token.trim()))));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the notify gateway did not create the web chat token {} in time; its log:\n{}",
+                token_file.display(),
+                tail(&service.log(), 20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -829,6 +983,23 @@ mod tests {
             Some(rooms["kitchen"].as_str())
         );
         assert_eq!(t["owners"][0].as_str(), Some("terminal:me"));
+    }
+
+    #[test]
+    fn the_default_gateway_file_is_a_valid_web_chat_configuration_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().join("home"));
+        let path = write_default_gateway_config(&layout).unwrap().unwrap();
+        let config = notify_gateway::config::Config::load(&path).unwrap();
+        let web = config.web.unwrap();
+        assert_eq!(web.listen.to_string(), "127.0.0.1:8765");
+        assert_eq!(web.user, "owner");
+        assert_eq!(web.token_file, layout.root().join("secrets/webchat-token"));
+        assert!(config.telegram.is_none());
+        // Never overwritten.
+        std::fs::write(&path, "# mine\n").unwrap();
+        assert!(write_default_gateway_config(&layout).unwrap().is_none());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine\n");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! then a user types "start bedtime" into `bot chat`, sees the explained plan, approves it with
 //! a key, and the Hue agent in its container changes the simulated bridge's lights. The result
 //! message comes back to the chat; after Ctrl-C (SIGTERM) everything stops cleanly, `bot audit
-//! verify` passes, and the audit log holds every event of the request, in order.
+//! verify` passes, and the audit log holds every event of the request, in order. The notify
+//! gateway runs too: the web chat link `bot up` prints opens the page, and a message typed
+//! there reaches the orchestrator.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -94,6 +96,31 @@ impl Drop for Lines {
     }
 }
 
+/// One plain HTTP/1.1 request to the web chat; the whole answer.
+async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(STEP, tcp.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn bot(bin: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--home")
@@ -161,6 +188,7 @@ async fn start_bedtime_from_the_terminal_chat_end_to_end() {
         ("audit-anomaly", "agent-audit-anomaly"),
         ("audit", "audit-writer"),
         ("egress-proxy", "egress-proxy"),
+        ("notify-gateway", "notify-gateway"),
     ]
     .iter()
     .map(|(p, b)| workspace_binary(p, b))
@@ -183,8 +211,23 @@ async fn start_bedtime_from_the_terminal_chat_end_to_end() {
         home.join("config.toml"),
         format!(
             "[bot]\nbackend = \"docker\"\nnats_port = 0\ninstance = \"{}\"\n\n\
-             [orchestrator]\nowners = [\"terminal:tester\"]\n",
+             [orchestrator]\nowners = [\"terminal:tester\", \"web:owner\"]\n",
             t.instance().as_str()
+        ),
+    )
+    .unwrap();
+    // The gateway with the web chat on a free port (bot up writes the same with 8765).
+    let web_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        home.join("gateway.toml"),
+        format!(
+            "nats_url = \"tls://127.0.0.1:4222\"\nhome = \"{h}\"\nstate_db = \"{h}/gateway.sqlite\"\n\
+             [web]\nlisten = \"127.0.0.1:{web_port}\"\ntoken_file = \"{h}/secrets/webchat-token\"\n",
+            h = home.display()
         ),
     )
     .unwrap();
@@ -198,6 +241,36 @@ async fn start_bedtime_from_the_terminal_chat_end_to_end() {
     );
     up.until("bot up to be ready", START, |l| l.starts_with("ready:"));
     let said = up.seen.join("\n");
+    // The gateway runs, with the web chat behind its token: the link bot up printed works,
+    // the same request without the token does not, and a message typed there is accepted
+    // (answered only once JetStream has it).
+    let link = up
+        .seen
+        .iter()
+        .find_map(|l| l.strip_prefix("web chat: "))
+        .unwrap_or_else(|| panic!("no web chat link in:\n{said}"))
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token = link
+        .strip_prefix(&format!("http://127.0.0.1:{web_port}/#"))
+        .unwrap_or_else(|| panic!("{link}"))
+        .to_owned();
+    assert_eq!(token.len(), 64);
+    let page = http(web_port, "GET", "/", None, "").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let refused = http(web_port, "GET", "/api/messages?wait_ms=0", None, "").await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let sent = http(
+        web_port,
+        "POST",
+        "/api/messages",
+        Some(&token),
+        r#"{"client_id":"bot-up-test-0001","text":"hello from the web"}"#,
+    )
+    .await;
+    assert!(sent.starts_with("HTTP/1.1 202"), "{sent}");
     assert!(said.contains("sandbox:  Docker"), "{said}");
     assert!(
         said.contains("agent:    hue started (Container isolation"),
@@ -370,6 +443,17 @@ async fn start_bedtime_from_the_terminal_chat_end_to_end() {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
+    // The web chat's message reached the orchestrator through the gateway.
+    let from_web: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE kind = 'message_received' \
+             AND CAST(payload AS TEXT) LIKE '%\"text\":\"hello from the web\"%' \
+             AND CAST(payload AS TEXT) LIKE '%\"user\":\"web:owner\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(from_web, 1);
     let correlation: String = db
         .query_row(
             "SELECT correlation_id FROM audit WHERE kind = 'plan_proposed'",
