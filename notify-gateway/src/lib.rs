@@ -1,6 +1,6 @@
 //! The notify gateway: the only component that talks to chat platforms.
 //!
-//! What it does: for each configured channel (this slice: Telegram), runs two loops over the
+//! What it does: for each configured channel, runs two loops over the
 //! channel-neutral [`channel::Channel`] interface. [`inbound`] turns platform events from
 //! allowlisted users into `chat.in.<channel>` / `chat.decision.<channel>` messages (JetStream,
 //! acknowledged before the platform cursor advances; default deny with an audit row for anyone
@@ -14,9 +14,9 @@
 //! What it does not do: it holds no capability key and never signs or verifies button MACs
 //! (the orchestrator does); it may publish only chat input, decisions and its own audit events
 //! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
-//! ([`telegram`]) and iMessage ([`imessage`], macOS). Slack: only request-signing
-//! verification ([`slack::signing`], feature `slack`) exists; the Slack transport and web chat are
-//! not implemented yet; nor are pairing (`bot pair`), per-user rate limits or webhooks.
+//! ([`telegram`]), iMessage ([`imessage`], macOS) and Slack ([`slack`], feature `slack`: Socket
+//! Mode by default or the Events API over HTTP, Block Kit buttons). Web chat, pairing
+//! (`bot pair`), per-user rate limits and Telegram webhooks are not implemented yet.
 
 #![forbid(unsafe_code)]
 
