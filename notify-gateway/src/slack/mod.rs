@@ -94,7 +94,8 @@ enum Source {
 
 #[derive(Debug, Default)]
 struct Inbox {
-    socket: Option<Socket>,
+    /// Boxed: the WebSocket state is large and the channel is moved into long-lived futures.
+    socket: Option<Box<Socket>>,
     /// Counts connections, so an ack goes only on the connection its envelope came in on.
     connection: u64,
     /// The cursor of the last event numbered (`None` before the first poll).
@@ -200,7 +201,7 @@ impl Slack {
             .to_owned())
     }
 
-    async fn connect(&self, app_token: &SlackToken) -> Result<Socket, DeliveryError> {
+    async fn connect(&self, app_token: &SlackToken) -> Result<Box<Socket>, DeliveryError> {
         let answer = self
             .api
             .call(app_token, "apps.connections.open", None)
@@ -215,13 +216,16 @@ impl Slack {
                 "apps.connections.open: not a WebSocket url".to_owned(),
             ));
         }
-        let dialled = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_elapsed| {
-                DeliveryError::Transient("Socket Mode: connecting timed out".to_owned())
-            })?;
+        let dialled = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Box::pin(tokio_tungstenite::connect_async(url)),
+        )
+        .await
+        .map_err(|_elapsed| {
+            DeliveryError::Transient("Socket Mode: connecting timed out".to_owned())
+        })?;
         match dialled {
-            Ok((socket, _response)) => Ok(socket),
+            Ok((socket, _response)) => Ok(Box::new(socket)),
             // The error may quote the URL, which carries a connection ticket: not kept.
             Err(_e) => Err(DeliveryError::Transient(
                 "Socket Mode: cannot open the WebSocket".to_owned(),
@@ -266,10 +270,7 @@ impl Slack {
         }
         let mut deadline = tokio::time::Instant::now() + self.poll_wait;
         let mut events = Vec::new();
-        loop {
-            let Some(socket) = inbox.socket.as_mut() else {
-                break;
-            };
+        while let Some(socket) = inbox.socket.as_mut() {
             let frame = match tokio::time::timeout_at(deadline, socket.next()).await {
                 Err(_elapsed) => break,
                 Ok(Some(Ok(frame))) => frame,
@@ -299,7 +300,7 @@ impl Slack {
                         "Slack asked to reconnect"
                     );
                     if let Some(mut s) = inbox.socket.take() {
-                        let _ = s.close(None).await;
+                        let _ = (*s).close(None).await;
                     }
                     break;
                 }

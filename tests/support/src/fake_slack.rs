@@ -815,7 +815,9 @@ fn dispatch(shared: &Shared, method: &str, token: &str, params: &Map<String, Val
 fn blocks_param(params: &Map<String, Value>) -> Result<Value, &'static str> {
     let blocks = match params.get("blocks") {
         None | Some(Value::Null) => return Ok(Value::Null),
-        Some(Value::String(s)) => serde_json::from_str(s).map_err(|_| "invalid_blocks_format")?,
+        Some(Value::String(s)) => {
+            serde_json::from_str(s).map_err(|_not_json| "invalid_blocks_format")?
+        }
         Some(v) => v.clone(),
     };
     let Some(list) = blocks.as_array() else {
