@@ -57,6 +57,9 @@ const REMEMBERED: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a poll waits for more envelopes once it has one.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// The least time between two Socket Mode connections (a connection that keeps closing at once
+/// must not turn into a tight loop of `apps.connections.open` calls).
+const RECONNECT_GAP: Duration = Duration::from_secs(1);
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -98,6 +101,8 @@ struct Inbox {
     socket: Option<Box<Socket>>,
     /// Counts connections, so an ack goes only on the connection its envelope came in on.
     connection: u64,
+    /// When the last connection was opened.
+    connected_at: Option<tokio::time::Instant>,
     /// The cursor of the last event numbered (`None` before the first poll).
     last: Option<u64>,
     pending: BTreeMap<u64, (String, Ack)>,
@@ -264,6 +269,10 @@ impl Slack {
         app_token: &SlackToken,
     ) -> Result<Vec<InboundEvent>, DeliveryError> {
         if inbox.socket.is_none() {
+            if let Some(at) = inbox.connected_at {
+                tokio::time::sleep_until(at + RECONNECT_GAP).await;
+            }
+            inbox.connected_at = Some(tokio::time::Instant::now());
             let socket = self.connect(app_token).await?;
             inbox.socket = Some(socket);
             inbox.connection = inbox.connection.saturating_add(1);
