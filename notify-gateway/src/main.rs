@@ -313,21 +313,20 @@ struct SlackSecrets {
 #[cfg(feature = "slack")]
 fn slack_secrets(sc: &notify_gateway::config::SlackConfig) -> Result<SlackSecrets, ExitCode> {
     use notify_gateway::config::SlackConfig;
-    let bad = |e: notify_gateway::config::ConfigError| {
-        tracing::error!(code = e.code(), error = %e, "bad slack secret file");
-        ExitCode::from(EXIT_CONFIG)
+    let read = |path: &std::path::Path, prefix: &str| {
+        SlackConfig::read_secret(path, prefix).map_err(|e| {
+            tracing::error!(code = e.code(), error = %e, file = %path.display(), "bad slack secret file");
+            ExitCode::from(EXIT_CONFIG)
+        })
     };
-    let bot_token =
-        SlackToken::new(&SlackConfig::read_secret(&sc.bot_token_file, "xoxb-").map_err(bad)?);
+    let bot_token = SlackToken::new(&read(&sc.bot_token_file, "xoxb-")?);
     let app_token = match (&sc.events_listen, &sc.app_token_file) {
-        (None, Some(path)) => Some(SlackToken::new(
-            &SlackConfig::read_secret(path, "xapp-").map_err(bad)?,
-        )),
+        (None, Some(path)) => Some(SlackToken::new(&read(path, "xapp-")?)),
         _ => None,
     };
     let signing_secret = match (&sc.events_listen, &sc.signing_secret_file) {
         (Some(_), Some(path)) => {
-            let secret = SlackConfig::read_secret(path, "").map_err(bad)?;
+            let secret = read(path, "")?;
             match notify_gateway::slack::signing::SigningSecret::new(secret) {
                 Ok(s) => Some(s),
                 Err(e) => {

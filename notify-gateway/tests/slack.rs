@@ -755,3 +755,87 @@ async fn until_audits(h: &Harness, n: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn web_api_failures_are_classified_and_never_show_a_token() {
+    use notify_gateway::channel::{Channel as _, Delivered, DeliveryError, Rendered};
+    let h = Harness::start().await;
+    let channel = Slack::socket_mode(name(), h.settings(), SlackToken::new(APP_TOKEN)).unwrap();
+    let message = Rendered {
+        text: "hello".into(),
+        buttons: buttons(),
+    };
+    h.slack.add_channel(ALICE_DM);
+    let delivered = channel.post(ALICE_DM, &message).await.unwrap();
+    assert_eq!(delivered.chat_id, ALICE_DM);
+    assert_eq!(delivered.message_id, h.slack.posted()[0].ts);
+    assert_eq!(channel.auth_test().await.unwrap(), "U0FAKEBOT1");
+
+    let cases: Vec<(&str, DeliveryError)> = vec![
+        (
+            "unknown channel",
+            channel.post("D0NOWHERE", &message).await.unwrap_err(),
+        ),
+        (
+            "unknown message",
+            channel
+                .edit(
+                    &Delivered {
+                        chat_id: ALICE_DM.into(),
+                        message_id: "1.000001".into(),
+                    },
+                    &message,
+                )
+                .await
+                .unwrap_err(),
+        ),
+        ("rate limited", {
+            h.slack.rate_limit_next(1, 7);
+            channel.post(ALICE_DM, &message).await.unwrap_err()
+        }),
+        ("down", {
+            h.slack.set_down(true);
+            let e = channel.post(ALICE_DM, &message).await.unwrap_err();
+            h.slack.set_down(false);
+            e
+        }),
+        ("archived", {
+            h.slack.archive(ALICE_DM);
+            channel.post(ALICE_DM, &message).await.unwrap_err()
+        }),
+    ];
+    let shown: Vec<String> = cases
+        .iter()
+        .map(|(what, e)| format!("{what}: {e:?}"))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "unknown channel: Permanent(\"chat.postMessage: channel_not_found\")",
+            "unknown message: Permanent(\"chat.update: message_not_found\")",
+            "rate limited: RetryAfter(7s)",
+            "down: Transient(\"chat.postMessage: HTTP 503\")",
+            "archived: Permanent(\"chat.postMessage: is_archived\")",
+        ]
+    );
+
+    // A wrong bot token: refused for good, and neither the error nor its Debug shows it.
+    let secret = "xoxb-9999-wrong-very-secret-token";
+    let mut settings = h.settings();
+    settings.bot_token = SlackToken::new(secret);
+    let wrong = Slack::socket_mode(name(), settings, SlackToken::new(APP_TOKEN)).unwrap();
+    let e = wrong.post("D0OTHER01", &message).await.unwrap_err();
+    assert_eq!(
+        e,
+        DeliveryError::Permanent("chat.postMessage: invalid_auth".into())
+    );
+    assert!(!format!("{wrong:?}").contains("very-secret"));
+    // Nothing listens on this port any more: a network failure, transient, without the token.
+    let mut settings = h.settings();
+    settings.api_url = "http://127.0.0.1:9/api".into();
+    settings.bot_token = SlackToken::new(secret);
+    let offline = Slack::socket_mode(name(), settings, SlackToken::new(APP_TOKEN)).unwrap();
+    let e = offline.post(ALICE_DM, &message).await.unwrap_err();
+    assert!(matches!(e, DeliveryError::Transient(_)), "{e:?}");
+    assert!(!e.to_string().contains("very-secret"), "{e}");
+}
