@@ -1,6 +1,7 @@
 //! The Slack channel end to end: the Slack double (Web API + Socket Mode), a real nats-server
 //! with our generated config, the gateway's SQLite state in a tempdir; and the Events API
 //! endpoint with signed (and forged, stale, retried) requests.
+#![cfg(feature = "slack")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
