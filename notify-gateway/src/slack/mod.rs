@@ -44,6 +44,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use web_api::{SLACK_API_URL, SlackToken, WebApi};
@@ -60,6 +61,9 @@ const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// The least time between two Socket Mode connections (a connection that keeps closing at once
 /// must not turn into a tight loop of `apps.connections.open` calls).
 const RECONNECT_GAP: Duration = Duration::from_secs(1);
+/// The largest Socket Mode message accepted (Slack's envelopes are a few KiB; a block_actions
+/// payload with a full message, tens of KiB).
+const MAX_FRAME: usize = 1024 * 1024;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -221,9 +225,16 @@ impl Slack {
                 "apps.connections.open: not a WebSocket url".to_owned(),
             ));
         }
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME))
+            .max_frame_size(Some(MAX_FRAME));
         let dialled = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            Box::pin(tokio_tungstenite::connect_async(url)),
+            Box::pin(tokio_tungstenite::connect_async_with_config(
+                url,
+                Some(config),
+                true,
+            )),
         )
         .await
         .map_err(|_elapsed| {

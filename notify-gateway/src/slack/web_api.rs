@@ -1,7 +1,8 @@
 //! Slack's Web API, the few methods the gateway calls, over reqwest.
 //!
 //! What it does: `POST <api_url>/<method>` with the token as a bearer header (never in the URL,
-//! so no error or log line can carry it) and a JSON body, a 15 s timeout, and a bounded answer;
+//! so no error or log line can carry it) and a JSON body, a 15 s timeout, and an answer of at
+//! most 1 MiB;
 //! classifies failures for the gateway's retry logic ([`classify`]): HTTP 429 with
 //! `Retry-After`, or `{"ok":false,"error":"ratelimited"}`, → `RetryAfter`; network failures,
 //! HTTP 5xx and Slack's own transient errors → `Transient`; every other `"ok":false` (bad
@@ -21,6 +22,9 @@ pub const SLACK_API_URL: &str = "https://slack.com/api";
 
 /// How long one Web API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The largest Web API answer read (ours are a few KiB: the posted message echoed back).
+const MAX_ANSWER: usize = 1024 * 1024;
 
 /// The wait assumed when Slack rate-limits without saying for how long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -122,10 +126,20 @@ impl WebApi {
         if status != 200 {
             return Err(DeliveryError::Permanent(format!("{method}: HTTP {status}")));
         }
-        let bytes = response
-            .bytes()
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| DeliveryError::Transient(format!("{method}: {}", e.without_url())))?;
+            .map_err(|e| DeliveryError::Transient(format!("{method}: {}", e.without_url())))?
+        {
+            if bytes.len().saturating_add(chunk.len()) > MAX_ANSWER {
+                return Err(DeliveryError::Transient(format!(
+                    "{method}: the answer is too large"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let answer: Value = serde_json::from_slice(&bytes).map_err(|_not_json| {
             DeliveryError::Transient(format!("{method}: the answer is not JSON"))
         })?;
