@@ -419,6 +419,57 @@ async fn channel_messages_are_ignored_but_acknowledged() {
 }
 
 #[tokio::test]
+async fn edits_bot_messages_and_other_events_are_acknowledged_but_not_published() {
+    let h = Harness::start().await;
+    let gw = h.gateway().await;
+    let js = h.orchestrator().await;
+    let edit = h.slack.message_event(
+        ALICE,
+        ALICE_DM,
+        json!({"subtype": "message_changed", "text": "start bedtime"}),
+    );
+    let bot = h.slack.message_event(
+        ALICE,
+        ALICE_DM,
+        json!({"bot_id": "B0OTHER01", "text": "start bedtime"}),
+    );
+    let deleted = h.slack.message_event(
+        ALICE,
+        ALICE_DM,
+        json!({"subtype": "message_deleted", "hidden": true}),
+    );
+    h.slack.user_says(ALICE, ALICE_DM, "the real one");
+    assert_eq!(texts(&h.chat_in(&js, 1).await), ["the real one"]);
+    for env in [&edit, &bot, &deleted] {
+        assert!(h.slack.is_acked(env), "{env}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivery_to_the_same_gateway_is_acknowledged_without_republishing_or_reauditing() {
+    let h = Harness::start().await;
+    let js = h.orchestrator().await;
+    let gw = h.gateway().await;
+    h.slack.set_ignore_acks(true);
+    let said = h.slack.user_says(ALICE, ALICE_DM, "start bedtime");
+    let stranger = h.slack.user_says(MALLORY, MALLORY_DM, "hello");
+    assert_eq!(texts(&h.chat_in(&js, 1).await), ["start bedtime"]);
+    until("both handled", || h.slack.deliveries(&stranger) == 1).await;
+    let audits = h.gateway_audit_count().await;
+    assert_eq!(audits, 1, "one sender_rejected");
+    // The acknowledgements were lost; Slack redelivers both on the next connection.
+    h.slack.set_ignore_acks(false);
+    h.slack.disconnect();
+    assert!(h.slack.wait_for_ack(&said, WAIT).await);
+    assert!(h.slack.wait_for_ack(&stranger, WAIT).await);
+    assert_eq!(h.slack.deliveries(&said), 2);
+    assert!(h.chat_in(&js, 0).await.is_empty(), "not published again");
+    assert_eq!(h.gateway_audit_count().await, audits, "not audited again");
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_press_of_a_shown_button_becomes_a_decision() {
     let h = Harness::start().await;
     let gw = h.gateway().await;
@@ -707,6 +758,31 @@ async fn events_api_verifies_answers_and_publishes_once() {
         h.chat_in(&js, 0).await.is_empty(),
         "a retry is not published twice"
     );
+
+    // While JetStream cannot take the event, Slack gets 503 (not 200) and so retries; the retry
+    // after the gateway caught up is answered 200 and published once.
+    h.chat_in_takes_slack(false).await;
+    let env = h.slack.user_says(ALICE, ALICE_DM, "second");
+    let event = h.slack.envelope_payload(&env).unwrap().to_string();
+    assert_eq!(
+        post_signed(addr, SECRET, now(), json_type, &event, None)
+            .await
+            .0,
+        503
+    );
+    h.chat_in_takes_slack(true).await;
+    let deadline = Instant::now() + WAIT;
+    for retry in 1.. {
+        match post_signed(addr, SECRET, now(), json_type, &event, Some(retry))
+            .await
+            .0
+        {
+            200 => break,
+            503 => assert!(Instant::now() < deadline, "never answered 200"),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(texts(&h.chat_in(&js, 1).await), ["second"]);
 
     // Interactivity: a press, as a `payload=` form body.
     let ts = h.post_card(&js).await;

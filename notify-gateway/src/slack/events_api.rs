@@ -7,7 +7,7 @@
 //! (`sender_rejected`, code `bad_signature`), a timestamp more than five minutes away 401 and
 //! audited (`stale_timestamp`), a body over the limit 413. Then: `url_verification` is answered
 //! with its `challenge`; an `event_callback` (JSON) or an interactivity `payload=` form body is
-//! parsed ([`super::inbound`]) and queued for [`super::Slack::poll`], and the request is
+//! parsed ([`super::inbound`]) and queued for the channel's `poll` ([`super::Slack`]), and the request is
 //! answered 200 **only once the gateway confirmed the event** (published and acknowledged, or
 //! refused and audited), or 503 when the queue is full or the event was not secured within
 //! [`ANSWER_WITHIN`], so Slack retries. A retry (`X-Slack-Retry-Num`) of an event already

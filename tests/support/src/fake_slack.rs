@@ -30,7 +30,8 @@
 //! Socket Mode: each connection gets `hello`, then every envelope not yet acknowledged and not
 //! in flight on another open connection, in order: `events_api` envelopes queued by
 //! [`FakeSlack::user_says`] (an `event_callback` with a `message` event, `channel_type` `im`
-//! for `D…` channels, `channel` otherwise) and `interactive` envelopes queued by
+//! for `D…` channels, `channel` otherwise; [`FakeSlack::message_event`] merges extra fields such
+//! as a `subtype` or `bot_id` into it) and `interactive` envelopes queued by
 //! [`FakeSlack::user_presses`] (a `block_actions` payload with the pressed button as shown on
 //! the message; checked key by key against Slack's `BlockActionPayload.json` in
 //! `tests/support/tests/fake_slack.rs`). `{"envelope_id":…}` frames acknowledge
@@ -222,54 +223,26 @@ impl FakeSlack {
     /// Queues an `events_api` envelope: `user` wrote `text` in `channel` (`D…`: a direct
     /// message with the app). Returns the envelope id.
     pub fn user_says(&self, user: &str, channel: &str, text: &str) -> String {
+        self.message_event(user, channel, json!({ "text": text }))
+    }
+
+    /// Queues an `events_api` envelope whose `message` event is the one
+    /// [`FakeSlack::user_says`] would send with `extra` merged over it (`{"subtype":
+    /// "message_changed"}`, a `bot_id`, …). Returns the envelope id.
+    pub fn message_event(&self, user: &str, channel: &str, extra: Value) -> String {
         let mut s = self.shared.lock();
-        s.channels.insert(channel.to_owned());
-        let n = s.next();
-        let ts = ts(n);
-        let event_id = format!("Ev0FAKE{n:08}");
-        let channel_type = if channel.starts_with('D') {
-            "im"
-        } else {
-            "channel"
-        };
-        let payload = json!({
-            "token": "fakeVerificationToken0001",
-            "team_id": TEAM_ID,
-            "context_team_id": TEAM_ID,
-            "context_enterprise_id": null,
-            "api_app_id": APP_ID,
-            "event": {
-                "user": user,
-                "type": "message",
-                "ts": ts,
-                "client_msg_id": format!("0b9a1d3e-0000-4000-8000-{n:012}"),
-                "text": text,
-                "team": TEAM_ID,
-                "blocks": [{
-                    "type": "rich_text",
-                    "block_id": format!("rt{n}"),
-                    "elements": [{
-                        "type": "rich_text_section",
-                        "elements": [{"type": "text", "text": text}],
-                    }],
-                }],
-                "channel": channel,
-                "event_ts": ts,
-                "channel_type": channel_type,
-            },
-            "type": "event_callback",
-            "event_id": event_id,
-            "event_time": 1_700_000_000 + n,
-            "authorizations": [{
-                "enterprise_id": null,
-                "team_id": TEAM_ID,
-                "user_id": BOT_USER_ID,
-                "is_bot": true,
-                "is_enterprise_install": false,
-            }],
-            "is_ext_shared_channel": false,
-            "event_context": format!("4-fake-event-context-{n}"),
-        });
+        let text = extra
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let (n, mut payload) = message_payload(&mut s, user, channel, &text);
+        if let (Some(event), Value::Object(extra)) = (
+            payload.get_mut("event").and_then(Value::as_object_mut),
+            extra,
+        ) {
+            event.extend(extra);
+        }
         let id = queue(&mut s, n, "events_api", payload);
         drop(s);
         self.shared.bump();
@@ -465,6 +438,59 @@ impl FakeSlack {
 
 fn ts(n: u64) -> String {
     format!("1700000000.{:06}", 100 + n)
+}
+
+/// An `event_callback` with a plain user `message` event (`channel_type` `im` for `D…`
+/// channels); registers the channel.
+fn message_payload(s: &mut State, user: &str, channel: &str, text: &str) -> (u64, Value) {
+    s.channels.insert(channel.to_owned());
+    let n = s.next();
+    let ts = ts(n);
+    let event_id = format!("Ev0FAKE{n:08}");
+    let channel_type = if channel.starts_with('D') {
+        "im"
+    } else {
+        "channel"
+    };
+    let payload = json!({
+        "token": "fakeVerificationToken0001",
+        "team_id": TEAM_ID,
+        "context_team_id": TEAM_ID,
+        "context_enterprise_id": null,
+        "api_app_id": APP_ID,
+        "event": {
+            "user": user,
+            "type": "message",
+            "ts": ts,
+            "client_msg_id": format!("0b9a1d3e-0000-4000-8000-{n:012}"),
+            "text": text,
+            "team": TEAM_ID,
+            "blocks": [{
+                "type": "rich_text",
+                "block_id": format!("rt{n}"),
+                "elements": [{
+                    "type": "rich_text_section",
+                    "elements": [{"type": "text", "text": text}],
+                }],
+            }],
+            "channel": channel,
+            "event_ts": ts,
+            "channel_type": channel_type,
+        },
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": 1_700_000_000 + n,
+        "authorizations": [{
+            "enterprise_id": null,
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "is_bot": true,
+            "is_enterprise_install": false,
+        }],
+        "is_ext_shared_channel": false,
+        "event_context": format!("4-fake-event-context-{n}"),
+    });
+    (n, payload)
 }
 
 fn queue(s: &mut State, n: u64, kind: &'static str, payload: Value) -> String {
