@@ -7,10 +7,10 @@
 //! (`sender_rejected`, code `bad_signature`), a timestamp more than five minutes away 401 and
 //! audited (`stale_timestamp`), a body over the limit 413. Then: `url_verification` is answered
 //! with its `challenge`; an `event_callback` (JSON) or an interactivity `payload=` form body is
-//! parsed ([`super::inbound`]) and queued for the channel's `poll` ([`super::Slack`]), and the request is
-//! answered 200 **only once the gateway confirmed the event** (published and acknowledged, or
-//! refused and audited), or 503 when the queue is full or the event was not secured within
-//! [`ANSWER_WITHIN`], so Slack retries. A retry (`X-Slack-Retry-Num`) of an event already
+//! parsed ([`super::inbound`]) and queued for the channel's `poll` ([`super::Slack`]), and the
+//! request is answered 200 **only once the gateway confirmed the event** (published and
+//! acknowledged, or refused and audited), or 503 when the queue is full or the event was not
+//! secured within [`ANSWER_WITHIN`], so Slack retries. A retry (`X-Slack-Retry-Num`) of an event already
 //! confirmed is answered 200 at once and not published again (the channel remembers confirmed
 //! dedup ids); a retry racing its first copy is published with the same `Nats-Msg-Id` and
 //! dropped by JetStream.
