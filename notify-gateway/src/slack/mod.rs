@@ -320,7 +320,8 @@ impl Slack {
                         "Slack asked to reconnect"
                     );
                     if let Some(mut s) = inbox.socket.take() {
-                        let _ = (*s).close(None).await;
+                        let closing = (*s).close(None);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
                     }
                     break;
                 }
