@@ -916,3 +916,85 @@ async fn web_api_failures_are_classified_and_never_show_a_token() {
     assert!(matches!(e, DeliveryError::Transient(_)), "{e:?}");
     assert!(!e.to_string().contains("very-secret"), "{e}");
 }
+
+/// An independent reading of Slack's reference: slack-morphism's models (a dev-dependency
+/// only) must parse what the double sends over Socket Mode and the Block Kit the channel posts.
+#[tokio::test]
+async fn the_double_and_our_block_kit_parse_with_slack_morphisms_models() {
+    use futures::SinkExt as _;
+    use notify_gateway::channel::Channel as _;
+    use notify_gateway::slack::WebApi;
+    use slack_morphism::prelude::{SlackBlock, SlackInteractionEvent, SlackPushEventCallback};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let h = Harness::start().await;
+    let channel = Slack::socket_mode(name(), h.settings(), SlackToken::new(APP_TOKEN)).unwrap();
+    h.slack.add_channel(ALICE_DM);
+    let card = channel.render_plan(&plan());
+    let posted = channel.post(ALICE_DM, &card).await.unwrap();
+    let blocks: Vec<SlackBlock> =
+        serde_json::from_value(h.slack.posted()[0].blocks.clone()).unwrap();
+    assert!(matches!(blocks.first(), Some(SlackBlock::Section(_))));
+    assert!(matches!(blocks.last(), Some(SlackBlock::Actions(_))));
+    let back = serde_json::to_value(&blocks).unwrap();
+    assert_eq!(
+        back.pointer("/1/elements/0/value"),
+        Some(&json!("ap:0123456789"))
+    );
+
+    h.slack.user_says(ALICE, ALICE_DM, "start bedtime");
+    h.slack
+        .user_presses(ALICE, ALICE_DM, &posted.message_id, "ap:0123456789");
+    let answer = WebApi::new(&h.slack.api_url())
+        .unwrap()
+        .call(&SlackToken::new(APP_TOKEN), "apps.connections.open", None)
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(answer["url"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut parsed = Vec::new();
+    while parsed.len() < 4 {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = frame else { continue };
+        // slack-morphism 2.31.1 does not export its envelope type (its `socket_mode` listener
+        // module shadows the model module); its payload models are public.
+        let mut value: Value = serde_json::from_str(text.as_str()).unwrap();
+        let payload = value["payload"].clone();
+        let reread = match value["type"].as_str() {
+            Some("events_api") => serde_json::to_value(
+                serde_json::from_value::<SlackPushEventCallback>(payload)
+                    .unwrap_or_else(|e| panic!("slack-morphism cannot parse {text}: {e}")),
+            ),
+            Some("interactive") => serde_json::to_value(
+                serde_json::from_value::<SlackInteractionEvent>(payload)
+                    .unwrap_or_else(|e| panic!("slack-morphism cannot parse {text}: {e}")),
+            ),
+            _ => Ok(Value::Null),
+        };
+        value["payload"] = reread.unwrap();
+        if let Some(id) = value["envelope_id"].as_str() {
+            ws.send(Message::Text(json!({"envelope_id": id}).to_string().into()))
+                .await
+                .unwrap();
+        }
+        if parsed.len() == 2 {
+            h.slack.disconnect();
+        }
+        parsed.push(value);
+    }
+    assert_eq!(parsed[0]["type"], "hello");
+    assert_eq!(parsed[1]["type"], "events_api");
+    assert_eq!(parsed[1]["payload"]["event"]["channel_type"], "im");
+    assert_eq!(parsed[1]["payload"]["event"]["text"], "start bedtime");
+    assert_eq!(parsed[1]["payload"]["event"]["user"], ALICE);
+    assert_eq!(parsed[2]["type"], "interactive");
+    assert_eq!(parsed[2]["payload"]["type"], "block_actions");
+    assert_eq!(parsed[2]["payload"]["actions"][0]["value"], "ap:0123456789");
+    assert_eq!(parsed[2]["payload"]["actions"][0]["action_id"], "b0");
+    assert_eq!(parsed[3]["type"], "disconnect");
+}
