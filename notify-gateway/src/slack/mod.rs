@@ -27,6 +27,12 @@
 //! to a press, and a refused press gets no notification (it is audited). Tokens are held in
 //! [`SlackToken`] and never logged; the Socket Mode URL (it carries a connection ticket) is
 //! never logged either.
+//!
+//! Why not slack-morphism's Socket Mode listener: in 2.31.1 it sends the acknowledgement as soon
+//! as the callback returns (the callback would have to block until `confirm`, on state reached
+//! through plain `fn` pointers), it never acknowledges a frame its strict models cannot parse
+//! (Slack would redeliver it until it gives up), and it logs every frame's body, user text
+//! included, at trace level. Its models serve as an independent check in `tests/slack.rs`.
 
 pub mod events_api;
 pub mod inbound;
