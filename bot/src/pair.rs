@@ -21,7 +21,7 @@ use notify_gateway::store::Store;
 use protocol::UnixMillis;
 
 /// The platforms a code can pair (those where strangers can write to the assistant).
-pub(crate) const PLATFORMS: [&str; 1] = ["telegram"];
+pub(crate) const PLATFORMS: [&str; 2] = ["telegram", "slack"];
 
 /// How `bot pair` ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,6 +63,7 @@ pub(crate) async fn start(
 fn configured(config: &GatewayConfig, platform: &str) -> bool {
     match platform {
         "telegram" => config.telegram.is_some(),
+        "slack" => config.slack.is_some(),
         _ => false,
     }
 }

@@ -25,14 +25,24 @@
 //! # osascript = "/usr/bin/osascript"                        # the default on macOS
 //! # poll_interval_ms = 2000
 //!
+//! [slack]                                      # feature `slack`
+//! bot_token_file = "/home/me/.assistant/secrets/slack-bot-token"   # xoxb-…
+//! app_token_file = "/home/me/.assistant/secrets/slack-app-token"   # xapp-… (Socket Mode)
+//! allowed_users = ["U0123ABCD"]                # Slack member ids
+//! # team_id = "T0123ABCD"                      # accept only this workspace
+//! # api_url = "https://slack.com/api"         # tests point this at a double
+//! # events_listen = "127.0.0.1:3000"          # Events API over HTTP instead of Socket Mode
+//! # signing_secret_file = "/home/me/.assistant/secrets/slack-signing-secret"  # with events_listen
+//!
 //! [web]                                        # the local web chat (feature `web`)
 //! listen = "127.0.0.1:8765"                    # loopback only; anything else is refused
 //! token_file = "/home/me/.assistant/secrets/web-token"     # created (0600) if missing
 //! user = "owner"                               # the web user's id: `web:owner` to the orchestrator
 //! ```
 //!
-//! What it does not do: no environment overrides yet; the token is read by
-//! [`TelegramConfig::read_token`] and never kept in the config or printed.
+//! What it does not do: no environment overrides yet; tokens are read by
+//! [`TelegramConfig::read_token`] and [`SlackConfig::read_secret`] and never kept in the config
+//! or printed.
 
 use std::path::{Path, PathBuf};
 
@@ -88,6 +98,8 @@ pub struct Config {
     pub telegram: Option<TelegramConfig>,
     /// The iMessage channel, if enabled.
     pub imessage: Option<IMessageConfig>,
+    /// The Slack channel, if enabled.
+    pub slack: Option<SlackConfig>,
     /// The web chat, if enabled.
     pub web: Option<WebConfig>,
     /// Per-user input limits (defaults when absent).
@@ -147,6 +159,95 @@ pub struct WebConfig {
 
 fn default_web_user() -> String {
     "owner".to_owned()
+}
+
+/// The Slack channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// A file holding the bot token (`xoxb-…`).
+    pub bot_token_file: PathBuf,
+    /// A file holding the app-level token (`xapp-…`, scope `connections:write`), for Socket
+    /// Mode. Required unless `events_listen` is set.
+    pub app_token_file: Option<PathBuf>,
+    /// Slack member ids (`U…` or `W…`) allowed to talk to the assistant.
+    pub allowed_users: Vec<String>,
+    /// The only workspace accepted (`T…`), if set.
+    pub team_id: Option<String>,
+    /// The Web API base URL (default `https://slack.com/api`).
+    pub api_url: Option<String>,
+    /// Where to serve the Events API / interactivity endpoint instead of using Socket Mode.
+    pub events_listen: Option<std::net::SocketAddr>,
+    /// A file holding the signing secret. Required with `events_listen`.
+    pub signing_secret_file: Option<PathBuf>,
+}
+
+/// Whether `s` looks like a Slack id with this first letter (`U`, `W`, `T`): upper-case
+/// letters and digits only.
+fn slack_id(s: &str, first: &[char]) -> bool {
+    s.len() >= 3
+        && s.len() <= 32
+        && s.starts_with(first)
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+impl SlackConfig {
+    fn check(&self) -> Result<(), &'static str> {
+        if self.allowed_users.is_empty() {
+            return Err("slack.allowed_users is empty: nobody could talk to the assistant");
+        }
+        if !self.allowed_users.iter().all(|u| slack_id(u, &['U', 'W'])) {
+            return Err("slack.allowed_users must hold Slack member ids such as \"U0123ABCD\"");
+        }
+        if self
+            .team_id
+            .as_deref()
+            .is_some_and(|t| !slack_id(t, &['T', 'E']))
+        {
+            return Err("slack.team_id must be a Slack workspace id such as \"T0123ABCD\"");
+        }
+        if self
+            .api_url
+            .as_deref()
+            .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
+        {
+            return Err("slack.api_url must be an http(s) URL");
+        }
+        match (
+            &self.events_listen,
+            &self.signing_secret_file,
+            &self.app_token_file,
+        ) {
+            (Some(_), None, _) => Err("slack.events_listen needs slack.signing_secret_file"),
+            (None, _, None) => {
+                Err("slack.app_token_file is required for Socket Mode (or set slack.events_listen)")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads one secret file (a token or the signing secret): one line, no spaces, and for
+    /// tokens the expected prefix (`xoxb-`, `xapp-`; empty: any). The error names the file,
+    /// never its content.
+    pub fn read_secret(path: &Path, prefix: &str) -> Result<String, ConfigError> {
+        let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let secret = secret.trim().to_owned();
+        if secret.is_empty() || secret.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid(
+                "a slack secret file must hold one token",
+            ));
+        }
+        if !secret.starts_with(prefix) {
+            return Err(ConfigError::Invalid(
+                "a slack token file holds the wrong kind of token (bot tokens start with xoxb-, app-level tokens with xapp-)",
+            ));
+        }
+        Ok(secret)
+    }
 }
 
 /// The iMessage channel (macOS).
@@ -260,6 +361,9 @@ impl Config {
                     "web.user must be 1 to 64 of A-Za-z0-9_-",
                 ));
             }
+        }
+        if let Some(s) = &c.slack {
+            s.check().map_err(ParseFailure::Invalid)?;
         }
         Ok(c)
     }
@@ -388,5 +492,81 @@ mod tests {
             with("listen = \"127.0.0.1:8765\"\ntoken = \"x\""),
             Err(ParseFailure::Toml(_))
         ));
+    }
+
+    fn slack(block: &str) -> Result<Config, String> {
+        let text = format!(
+            "nats_url = \"nats://127.0.0.1:4222\"\nhome = \"/h\"\nstate_db = \"/h/gw.sqlite\"\n[slack]\n{block}"
+        );
+        Config::parse(&text).map_err(|e| match e {
+            ParseFailure::Toml(e) => format!("toml: {}", e.message()),
+            ParseFailure::Invalid(m) => m.to_owned(),
+        })
+    }
+
+    #[test]
+    fn slack_is_checked() {
+        let base = "bot_token_file = \"/h/b\"\napp_token_file = \"/h/a\"\nallowed_users = [\"U0123ABCD\"]\n";
+        let c = slack(base).unwrap();
+        assert_eq!(c.slack.unwrap().allowed_users, vec!["U0123ABCD"]);
+        let cases = [
+            (
+                base.replace("[\"U0123ABCD\"]", "[]"),
+                "slack.allowed_users is empty: nobody could talk to the assistant",
+            ),
+            (
+                base.replace("U0123ABCD", "alice"),
+                "slack.allowed_users must hold Slack member ids such as \"U0123ABCD\"",
+            ),
+            (
+                format!("{base}team_id = \"acme\"\n"),
+                "slack.team_id must be a Slack workspace id such as \"T0123ABCD\"",
+            ),
+            (
+                format!("{base}api_url = \"ftp://x\"\n"),
+                "slack.api_url must be an http(s) URL",
+            ),
+            (
+                base.replace("app_token_file = \"/h/a\"\n", ""),
+                "slack.app_token_file is required for Socket Mode (or set slack.events_listen)",
+            ),
+            (
+                format!("{base}events_listen = \"127.0.0.1:3000\"\n"),
+                "slack.events_listen needs slack.signing_secret_file",
+            ),
+            (
+                format!("{base}token = \"xoxb-1\"\n"),
+                "toml: unknown field `token`, expected one of `bot_token_file`, `app_token_file`, `allowed_users`, `team_id`, `api_url`, `events_listen`, `signing_secret_file`",
+            ),
+        ];
+        for (block, expected) in cases {
+            assert_eq!(slack(&block).err().as_deref(), Some(expected), "{block}");
+        }
+        let events = format!(
+            "{}events_listen = \"127.0.0.1:3000\"\nsigning_secret_file = \"/h/s\"\nteam_id = \"T0123\"\n",
+            base.replace("app_token_file = \"/h/a\"\n", "")
+        );
+        assert!(slack(&events).is_ok());
+    }
+
+    #[test]
+    fn slack_secrets_are_read_without_printing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bot");
+        std::fs::write(&path, "xoxb-1-secret\n").unwrap();
+        assert_eq!(
+            SlackConfig::read_secret(&path, "xoxb-").unwrap(),
+            "xoxb-1-secret"
+        );
+        let wrong = SlackConfig::read_secret(&path, "xapp-")
+            .unwrap_err()
+            .to_string();
+        assert!(!wrong.contains("secret"), "{wrong}");
+        std::fs::write(&path, "xoxb-1 two\n").unwrap();
+        let two = SlackConfig::read_secret(&path, "xoxb-")
+            .unwrap_err()
+            .to_string();
+        assert!(!two.contains("two"), "{two}");
+        assert!(SlackConfig::read_secret(&dir.path().join("missing"), "").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The notify gateway: the only component that talks to chat platforms.
 //!
-//! What it does: for each configured channel (this slice: Telegram), runs two loops over the
+//! What it does: for each configured channel, runs two loops over the
 //! channel-neutral [`channel::Channel`] interface. [`inbound`] turns platform events from
 //! allowlisted users into `chat.in.<channel>` / `chat.decision.<channel>` messages (JetStream,
 //! acknowledged before the platform cursor advances; default deny with an audit row for anyone
@@ -15,10 +15,10 @@
 //! (the orchestrator does); it may publish only chat input, decisions and its own audit events
 //! and read only chat output (`protocol::acl`, identity `gateway`). Channels: Telegram
 //! ([`telegram`], with an optional webhook mode in [`telegram_webhook`]), iMessage
-//! ([`imessage`], macOS) and the web chat ([`webchat`], a token-protected page on loopback,
-//! feature `web`). Slack: only request-signing verification ([`slack::signing`], feature
-//! `slack`) exists; the Slack transport is not implemented yet. One-time pairing codes
-//! (`bot pair`): [`pairing`]; per-user length and rate limits: [`limits`].
+//! ([`imessage`], macOS), Slack ([`slack`], feature `slack`: Socket Mode by default or the
+//! Events API over HTTP, Block Kit buttons) and the web chat ([`webchat`], a token-protected
+//! page on loopback, feature `web`). One-time pairing codes (`bot pair`): [`pairing`];
+//! per-user length and rate limits: [`limits`].
 
 #![forbid(unsafe_code)]
 

@@ -11,6 +11,8 @@ use notify_gateway::config::Config;
 #[cfg(feature = "imessage")]
 use notify_gateway::imessage::{ChatDb, IMessage, default_osascript, normalize_handle};
 use notify_gateway::inbound::Allowlist;
+#[cfg(feature = "slack")]
+use notify_gateway::slack::{SLACK_API_URL, Slack, SlackSettings, SlackToken};
 use notify_gateway::store::Store;
 use notify_gateway::telegram::{BotToken, Telegram};
 use notify_gateway::telegram_webhook::{WebhookSecret, WebhookServer, webhook};
@@ -48,10 +50,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if config.telegram.is_none() && config.imessage.is_none() && config.web.is_none() {
+    if config.telegram.is_none()
+        && config.imessage.is_none()
+        && config.slack.is_none()
+        && config.web.is_none()
+    {
         tracing::error!(
             code = "config_invalid",
-            "no channel configured ([telegram], [imessage] or [web])"
+            "no channel configured ([telegram], [imessage], [slack] or [web])"
         );
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -97,6 +103,19 @@ fn main() -> ExitCode {
         Ok(w) => w,
         Err(code) => return code,
     };
+    #[cfg(feature = "slack")]
+    let slack = match config.slack.as_ref().map(slack_secrets).transpose() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    #[cfg(not(feature = "slack"))]
+    if config.slack.is_some() {
+        tracing::error!(
+            code = "config_invalid",
+            "[slack] is configured but this build has no Slack support"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -187,10 +206,37 @@ fn main() -> ExitCode {
         let web = web::run(web, limits, client.clone(), store.clone(), stop_rx.clone());
         #[cfg(not(feature = "web"))]
         let web = async { Ok::<(), notify_gateway::GatewayError>(()) };
+        #[cfg(feature = "slack")]
+        let slack = match slack {
+            Some(secrets) => match slack_channel(secrets, &client).await {
+                Ok(s) => Some(s),
+                Err(code) => return code,
+            },
+            None => None,
+        };
+        #[cfg(feature = "slack")]
+        let slack = async {
+            match slack {
+                Some((channel, allow)) => {
+                    notify_gateway::run_with(
+                        channel,
+                        allow,
+                        limits,
+                        client.clone(),
+                        store.clone(),
+                        stopped(stop_rx.clone()),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        #[cfg(not(feature = "slack"))]
+        let slack = async { Ok::<(), notify_gateway::GatewayError>(()) };
         // The channels run until a signal; when one fails, the others are stopped too (an
         // unconfigured channel returns at once and stops nothing).
         let channels = async {
-            let (a, b, c) = tokio::join!(
+            let (a, b, c, d) = tokio::join!(
                 async {
                     let r = telegram.await;
                     if r.is_err() {
@@ -211,9 +257,16 @@ fn main() -> ExitCode {
                         stop_tx.send_replace(true);
                     }
                     r
+                },
+                async {
+                    let r = slack.await;
+                    if r.is_err() {
+                        stop_tx.send_replace(true);
+                    }
+                    r
                 }
             );
-            a.and(b).and(c)
+            a.and(b).and(c).and(d)
         };
         let result = tokio::select! {
             r = channels => r,
@@ -444,6 +497,105 @@ mod web {
         };
         let (served, ran) = tokio::join!(server, loops);
         ran.and(served.map_err(GatewayError::WebServer))
+    }
+}
+
+/// The Slack configuration with its secrets read (before anything connects).
+#[cfg(feature = "slack")]
+struct SlackSecrets {
+    config: notify_gateway::config::SlackConfig,
+    bot_token: SlackToken,
+    app_token: Option<SlackToken>,
+    signing_secret: Option<notify_gateway::slack::signing::SigningSecret>,
+}
+
+/// Reads the Slack secret files, or the exit code for a bad configuration.
+#[cfg(feature = "slack")]
+fn slack_secrets(sc: &notify_gateway::config::SlackConfig) -> Result<SlackSecrets, ExitCode> {
+    use notify_gateway::config::SlackConfig;
+    let read = |path: &std::path::Path, prefix: &str| {
+        SlackConfig::read_secret(path, prefix).map_err(|e| {
+            tracing::error!(code = e.code(), error = %e, file = %path.display(), "bad slack secret file");
+            ExitCode::from(EXIT_CONFIG)
+        })
+    };
+    let bot_token = SlackToken::new(&read(&sc.bot_token_file, "xoxb-")?);
+    let app_token = match (&sc.events_listen, &sc.app_token_file) {
+        (None, Some(path)) => Some(SlackToken::new(&read(path, "xapp-")?)),
+        _ => None,
+    };
+    let signing_secret = match (&sc.events_listen, &sc.signing_secret_file) {
+        (Some(_), Some(path)) => {
+            let secret = read(path, "")?;
+            match notify_gateway::slack::signing::SigningSecret::new(secret) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(code = e.code(), "bad slack signing secret");
+                    return Err(ExitCode::from(EXIT_CONFIG));
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok(SlackSecrets {
+        config: sc.clone(),
+        bot_token,
+        app_token,
+        signing_secret,
+    })
+}
+
+/// The Slack channel (Socket Mode, or the Events API endpoint bound) and its allowlist.
+#[cfg(feature = "slack")]
+async fn slack_channel(
+    secrets: SlackSecrets,
+    client: &async_nats::Client,
+) -> Result<(Slack, Allowlist), ExitCode> {
+    let Ok(name) = ChannelName::new("slack") else {
+        return Err(ExitCode::FAILURE);
+    };
+    let sc = &secrets.config;
+    let settings = SlackSettings {
+        bot_token: secrets.bot_token,
+        api_url: sc
+            .api_url
+            .clone()
+            .unwrap_or_else(|| SLACK_API_URL.to_owned()),
+        team_id: sc.team_id.clone(),
+        poll_wait: Duration::from_secs(10),
+    };
+    let channel = match (sc.events_listen, secrets.signing_secret, secrets.app_token) {
+        (Some(addr), Some(secret), _) => {
+            let audit = audit::emit::AuditEmitter::new(
+                async_nats::jetstream::new(client.clone()),
+                Principal::gateway(),
+            );
+            let endpoint = match notify_gateway::slack::events_api::Endpoint::bind(
+                addr,
+                secret,
+                sc.team_id.clone(),
+                name.clone(),
+                Some(audit),
+            )
+            .await
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(code = "slack_listen_failed", error = %e, "cannot listen for the Slack Events API");
+                    return Err(ExitCode::FAILURE);
+                }
+            };
+            Slack::events_api(name, settings, endpoint)
+        }
+        (_, _, Some(app_token)) => Slack::socket_mode(name, settings, app_token),
+        _ => return Err(ExitCode::from(EXIT_CONFIG)),
+    };
+    match channel {
+        Ok(c) => Ok((c, Allowlist::new(sc.allowed_users.iter().cloned()))),
+        Err(e) => {
+            tracing::error!(code = e.code(), error = %e, "cannot set up the Slack channel");
+            Err(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod docker;
 pub mod fake_llm;
+pub mod fake_slack;
 pub mod fake_telegram;
 /// The Hue bridge double (crate `hue-sim`).
 pub use hue_sim as fake_hue;
