@@ -7,6 +7,7 @@
 //!
 //! [telegram]
 //! token_file = "/home/me/.assistant/secrets/telegram-token"   # the token itself is never here
+//! # token_file = { keychain = "assistant", account = "telegram-bot-token" }  # or the Keychain
 //! allowed_users = [123456789]                                 # Telegram user ids
 //! # api_url = "https://api.telegram.org/"                    # tests point this at a double
 //! # poll_timeout_secs = 10
@@ -48,6 +49,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::secret::SecretSource;
+
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -72,6 +75,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(&'static str),
+    /// A secret (token file or Keychain item) could not be read.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
 }
 
 impl ConfigError {
@@ -80,6 +86,7 @@ impl ConfigError {
         match self {
             ConfigError::Read { .. } => "config_unreadable",
             ConfigError::Parse { .. } | ConfigError::Invalid(_) => "config_invalid",
+            ConfigError::Secret(e) => e.code(),
         }
     }
 }
@@ -166,10 +173,10 @@ fn default_web_user() -> String {
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
     /// A file holding the bot token (`xoxb-…`).
-    pub bot_token_file: PathBuf,
+    pub bot_token_file: SecretSource,
     /// A file holding the app-level token (`xapp-…`, scope `connections:write`), for Socket
     /// Mode. Required unless `events_listen` is set.
-    pub app_token_file: Option<PathBuf>,
+    pub app_token_file: Option<SecretSource>,
     /// Slack member ids (`U…` or `W…`) allowed to talk to the assistant.
     pub allowed_users: Vec<String>,
     /// The only workspace accepted (`T…`), if set.
@@ -179,7 +186,7 @@ pub struct SlackConfig {
     /// Where to serve the Events API / interactivity endpoint instead of using Socket Mode.
     pub events_listen: Option<std::net::SocketAddr>,
     /// A file holding the signing secret. Required with `events_listen`.
-    pub signing_secret_file: Option<PathBuf>,
+    pub signing_secret_file: Option<SecretSource>,
 }
 
 /// Whether `s` looks like a Slack id with this first letter (`U`, `W`, `T`): upper-case
@@ -227,20 +234,11 @@ impl SlackConfig {
         }
     }
 
-    /// Reads one secret file (a token or the signing secret): one line, no spaces, and for
-    /// tokens the expected prefix (`xoxb-`, `xapp-`; empty: any). The error names the file,
-    /// never its content.
-    pub fn read_secret(path: &Path, prefix: &str) -> Result<String, ConfigError> {
-        let secret = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let secret = secret.trim().to_owned();
-        if secret.is_empty() || secret.contains(char::is_whitespace) {
-            return Err(ConfigError::Invalid(
-                "a slack secret file must hold one token",
-            ));
-        }
+    /// Reads one secret (a token or the signing secret, from a file or the Keychain): one
+    /// line, no spaces, and for tokens the expected prefix (`xoxb-`, `xapp-`; empty: any). The
+    /// error names the file or item, never its content.
+    pub fn read_secret(source: &SecretSource, prefix: &str) -> Result<String, ConfigError> {
+        let secret = source.read()?;
         if !secret.starts_with(prefix) {
             return Err(ConfigError::Invalid(
                 "a slack token file holds the wrong kind of token (bot tokens start with xoxb-, app-level tokens with xapp-)",
@@ -270,8 +268,8 @@ pub struct IMessageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelegramConfig {
-    /// A file holding the bot token (one line).
-    pub token_file: PathBuf,
+    /// The bot token: a file (one line, mode 0600) or a Keychain item.
+    pub token_file: SecretSource,
     /// Telegram user ids allowed to talk to the assistant.
     pub allowed_users: Vec<u64>,
     /// The Bot API base URL (default: the real one).
@@ -375,20 +373,9 @@ enum ParseFailure {
 }
 
 impl TelegramConfig {
-    /// Reads the token file. The error names the file, never its content.
+    /// Reads the token (file or Keychain). The error names the file or item, never the token.
     pub fn read_token(&self) -> Result<String, ConfigError> {
-        let token =
-            std::fs::read_to_string(&self.token_file).map_err(|source| ConfigError::Read {
-                path: self.token_file.clone(),
-                source,
-            })?;
-        let token = token.trim().to_owned();
-        if token.is_empty() || token.contains(char::is_whitespace) {
-            return Err(ConfigError::Invalid(
-                "the telegram token file must hold one token",
-            ));
-        }
-        Ok(token)
+        Ok(self.token_file.read()?)
     }
 }
 
@@ -551,22 +538,29 @@ mod tests {
 
     #[test]
     fn slack_secrets_are_read_without_printing_them() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bot");
-        std::fs::write(&path, "xoxb-1-secret\n").unwrap();
+        let write = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let source = SecretSource::File(path.clone());
+        write("xoxb-1-secret\n");
         assert_eq!(
-            SlackConfig::read_secret(&path, "xoxb-").unwrap(),
+            SlackConfig::read_secret(&source, "xoxb-").unwrap(),
             "xoxb-1-secret"
         );
-        let wrong = SlackConfig::read_secret(&path, "xapp-")
+        let wrong = SlackConfig::read_secret(&source, "xapp-")
             .unwrap_err()
             .to_string();
-        assert!(!wrong.contains("secret"), "{wrong}");
-        std::fs::write(&path, "xoxb-1 two\n").unwrap();
-        let two = SlackConfig::read_secret(&path, "xoxb-")
+        assert!(!wrong.contains("xoxb-1"), "{wrong}");
+        write("xoxb-1 two\n");
+        let two = SlackConfig::read_secret(&source, "xoxb-")
             .unwrap_err()
             .to_string();
         assert!(!two.contains("two"), "{two}");
-        assert!(SlackConfig::read_secret(&dir.path().join("missing"), "").is_err());
+        let missing = SecretSource::File(dir.path().join("missing"));
+        assert!(SlackConfig::read_secret(&missing, "").is_err());
     }
 }

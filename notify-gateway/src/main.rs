@@ -513,9 +513,9 @@ struct SlackSecrets {
 #[cfg(feature = "slack")]
 fn slack_secrets(sc: &notify_gateway::config::SlackConfig) -> Result<SlackSecrets, ExitCode> {
     use notify_gateway::config::SlackConfig;
-    let read = |path: &std::path::Path, prefix: &str| {
-        SlackConfig::read_secret(path, prefix).map_err(|e| {
-            tracing::error!(code = e.code(), error = %e, file = %path.display(), "bad slack secret file");
+    let read = |source: &notify_gateway::secret::SecretSource, prefix: &str| {
+        SlackConfig::read_secret(source, prefix).map_err(|e| {
+            tracing::error!(code = e.code(), error = %e, secret = %source.describe(), "bad slack secret");
             ExitCode::from(EXIT_CONFIG)
         })
     };

@@ -7,6 +7,7 @@
 //! answered, the card is edited, the results arrive, and the kitchen's lights are really off at
 //! the bridge. A second press changes nothing (the card no longer shows the button, so the
 //! gateway refuses it before publishing); a stranger gets no reply and publishes nothing.
+#![cfg(feature = "telegram")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

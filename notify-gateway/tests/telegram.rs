@@ -1,5 +1,6 @@
 //! The Telegram channel end to end: the Bot API double, a real nats-server with our generated
 //! config, the gateway's SQLite state in a tempdir.
+#![cfg(feature = "telegram")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

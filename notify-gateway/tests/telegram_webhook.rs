@@ -2,6 +2,7 @@
 //! a time, retrying until a 2xx) and a real nats-server: registration, delivery answered only
 //! once secured, SV-02 (a request without or with a wrong secret is refused and publishes
 //! nothing), a restart that loses nothing, and long polling taking over again.
+#![cfg(feature = "telegram")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,6 +1,7 @@
 //! The web chat end to end over real HTTP: the page server on a loopback port, the gateway's
 //! loops, a real nats-server with our generated config, the gateway's SQLite state in a
 //! tempdir. The "orchestrator" here is the test, publishing on CHAT_OUT and reading CHAT_IN.
+#![cfg(feature = "web")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

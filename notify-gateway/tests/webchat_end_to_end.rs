@@ -7,6 +7,7 @@
 //! Approve pressed → the card is updated, the results appear, and the kitchen's lights are
 //! really off at the bridge. A second press is refused by the gateway (the card no longer shows
 //! the button) before anything is published.
+#![cfg(feature = "web")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
