@@ -243,7 +243,14 @@ mod tests {
     #[test]
     fn the_readme_configuration_examples_are_valid() {
         let blocks = toml_blocks("## Configuration");
-        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks.len(), 2);
+        // The second is gateway.toml, checked by the gateway's own loader.
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = dir.path().join("gateway.toml");
+        std::fs::write(&gateway, &blocks[1]).unwrap();
+        let g = notify_gateway::config::Config::load(&gateway).unwrap();
+        assert_eq!(g.web.unwrap().user, "owner");
+        assert_eq!(g.limits.limits(), notify_gateway::limits::Limits::default());
         let config: BotConfig = toml::from_str(&blocks[0]).unwrap();
         assert_eq!(config.bot.instance, "assistant");
         assert_eq!(config.hue.as_ref().unwrap().request_timeout_ms, 4000);

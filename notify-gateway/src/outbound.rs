@@ -303,3 +303,104 @@ async fn ack(message: &async_nats::jetstream::Message, kind: AckKind) {
         tracing::warn!(error = %e, code = "nats_ack_failed", "acknowledgement failed; the message will be redelivered");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use protocol::message::{OutboundMessage, PlanProposal};
+    use protocol::{CorrelationId, MessageId, Principal, UnixMillis};
+
+    use super::*;
+    use crate::channel::InboundEvent;
+
+    /// A channel that only renders (the decoder needs nothing else).
+    struct Renderer(ChannelName);
+
+    impl Channel for Renderer {
+        fn name(&self) -> &ChannelName {
+            &self.0
+        }
+        async fn poll(&self, _after: Option<u64>) -> Result<Vec<InboundEvent>, DeliveryError> {
+            Ok(Vec::new())
+        }
+        async fn answer_press(&self, _id: &str, _text: Option<&str>) -> Result<(), DeliveryError> {
+            Ok(())
+        }
+        async fn post(&self, _chat: &str, _m: &Rendered) -> Result<Delivered, DeliveryError> {
+            Err(DeliveryError::Permanent("test".into()))
+        }
+        async fn edit(&self, _t: &Delivered, _m: &Rendered) -> Result<(), DeliveryError> {
+            Ok(())
+        }
+        fn render_plan(&self, plan: &PlanProposal) -> Rendered {
+            Rendered {
+                text: plan.summary.clone(),
+                buttons: Vec::new(),
+            }
+        }
+        fn render_message(&self, m: &OutboundMessage) -> Rendered {
+            Rendered {
+                text: m.text.clone(),
+                buttons: m.buttons.clone(),
+            }
+        }
+    }
+
+    fn post(channel: &str, text: &str) -> Vec<u8> {
+        let chat = protocol::message::ChatRef {
+            channel: ChannelName::new(channel).unwrap(),
+            chat_id: protocol::message::PlatformRef::new("42").unwrap(),
+        };
+        Envelope::new(
+            MessageId::random(),
+            CorrelationId::random(),
+            Principal::orchestrator(),
+            UnixMillis::now(),
+            ChatOut::Post(OutboundMessage {
+                chat,
+                key: "k1".into(),
+                text: text.into(),
+                buttons: Vec::new(),
+            }),
+        )
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn hostile_outbound_messages_are_refused_with_codes_never_a_panic() {
+        let tg = Renderer(ChannelName::new("telegram").unwrap());
+        let good = post("telegram", "hello");
+        let (_, out) = decode(&tg, "chat.out.telegram", &good).unwrap();
+        assert_eq!(out.rendered().text, "hello");
+        // Another channel's subject, an unknown subject, a chat of another channel.
+        assert!(decode(&tg, "chat.out.slack", &good).is_err());
+        assert!(decode(&tg, "chat.in.telegram", &good).is_err());
+        assert!(decode(&tg, "nonsense", &good).is_err());
+        assert_eq!(
+            decode(&tg, "chat.out.telegram", &post("slack", "x")).unwrap_err(),
+            Undeliverable("chat_not_on_channel")
+        );
+        // Not JSON, truncated, an unknown field, a wrong type, deep nesting, a plan body on the
+        // chat subject.
+        let mut unknown: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        unknown["extra"] = serde_json::json!(1);
+        let mut wrong_type: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        wrong_type["body"]["post"]["text"] = serde_json::json!(7);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for bad in [
+            b"\xff\xfe not json".to_vec(),
+            good.get(..good.len() / 2).unwrap().to_vec(),
+            serde_json::to_vec(&unknown).unwrap(),
+            serde_json::to_vec(&wrong_type).unwrap(),
+            deep.into_bytes(),
+            Vec::new(),
+        ] {
+            assert_eq!(
+                decode(&tg, "chat.out.telegram", &bad).unwrap_err(),
+                Undeliverable("message_invalid")
+            );
+        }
+        assert!(decode(&tg, "plan.proposed.telegram", &good).is_err());
+    }
+}
