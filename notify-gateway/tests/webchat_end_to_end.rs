@@ -1,7 +1,8 @@
 //! The bedtime scenario end to end on the web chat, with every real part: the page server and
 //! the gateway over real HTTP, a real nats-server with our generated configuration, the
 //! orchestrator service (routines only, no model) and the real Hue agent on the agent runtime
-//! against the simulated bridge, all in this process.
+//! against the simulated bridge, all in this process. The home side (server, bridge, agent,
+//! orchestrator) is the shared harness in `tests/common`.
 //!
 //! "start bedtime" posted → the plan card with Approve / Reject appears on `/api/messages` →
 //! Approve pressed → the card is updated, the results appear, and the kitchen's lights are
@@ -15,219 +16,39 @@
     clippy::indexing_slicing
 )]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use agent_runtime::{Agent as _, AgentContext};
-use async_nats::jetstream;
-use futures::StreamExt as _;
-use hue::Hue;
+use common::{Home, KITCHEN, Running, WAIT, is_on, lights_of};
 use notify_gateway::store::Store;
 use notify_gateway::webchat::WebChat;
 use notify_gateway::webchat::history::History;
 use notify_gateway::webchat::token::WebToken;
-use orchestrator::config::Config;
-use orchestrator::service::{self, Deps, Tuning};
-use protocol::deploy::AgentConfig;
 use protocol::message::AuditEvent;
-use protocol::subject::stream;
-use protocol::{AgentName, ChannelName, Envelope, Principal};
+use protocol::{ChannelName, Principal};
 use serde_json::{Value, json};
-use test_support::NatsServer;
-use test_support::fake_hue::{FakeBridge, fixture_with_room_groups, room_aliases};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The web chat's user, as the orchestrator knows them.
 const OWNER: &str = "web:owner";
-/// How long any awaited effect may take before the test fails.
-const WAIT: Duration = Duration::from_secs(30);
-/// The simulated bridge's kitchen (`room_aliases()["kitchen"]`).
-const KITCHEN: &str = "Room 1";
 
-/// A task stopped through a oneshot.
-struct Running<T> {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<T>,
-}
-
-impl<T> Running<T> {
-    async fn stop(self) -> T {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the task stops")
-            .unwrap()
-    }
-}
-
-/// The whole system.
+/// The whole system: the home (`common::Home`), the page server and the gateway.
 struct World {
-    server: NatsServer,
-    bridge: FakeBridge,
+    home: Home,
     token: WebToken,
     base: String,
     http: reqwest::Client,
-    state: tempfile::TempDir,
-    hue: Option<Running<()>>,
-    orchestrator: Option<Running<Result<(), service::ServiceError>>>,
-    gateway: Option<Running<Result<(), notify_gateway::GatewayError>>>,
-    page: Option<Running<std::io::Result<()>>>,
+    page: Running<std::io::Result<()>>,
+    gateway: Running<Result<(), notify_gateway::GatewayError>>,
 }
 
 impl World {
+    /// The home with the web chat's user as the owner, then the gateway's web chat: the page
+    /// server on a loopback port and the gateway's loops.
     async fn start() -> World {
-        let server = NatsServer::start(&["hue"]).await.unwrap();
-        let bridge = FakeBridge::start_with(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            fixture_with_room_groups(),
-        )
-        .await
-        .unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let token = WebToken::load_or_create(&state.path().join("web-token")).unwrap();
-        let mut w = World {
-            server,
-            bridge,
-            token,
-            base: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(40))
-                .build()
-                .unwrap(),
-            state,
-            hue: None,
-            orchestrator: None,
-            gateway: None,
-            page: None,
-        };
-        w.start_hue().await;
-        w.start_orchestrator().await;
-        w.start_gateway().await;
-        w
-    }
-
-    /// The Hue agent's configuration, as the sandbox would write it.
-    fn hue_config(&self) -> AgentConfig {
-        let identity = self.server.layout().root().to_path_buf();
-        let key_file = identity.join("secrets/hue.key");
-        std::fs::create_dir_all(key_file.parent().unwrap()).unwrap();
-        std::fs::write(&key_file, self.bridge.application_key()).unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        let data = self.state.path().join("hue-data");
-        std::fs::create_dir_all(&data).unwrap();
-        AgentConfig::from_json(
-            &serde_json::to_vec(&json!({
-                "name": "hue",
-                "nats_url": self.server.url(),
-                "identity_dir": identity,
-                "data_dir": data,
-                "heartbeat_interval_ms": 60000,
-                "max_concurrency": 4,
-                "shutdown_grace_ms": 5000,
-                "egress_proxy": null,
-                "isolation": {"level": "none", "measures": [], "missing": ["in-process test"]},
-                "confine": null,
-                "settings": {
-                    "bridge": self.bridge.addr().to_string(),
-                    "application_key_file": "secrets/hue.key",
-                    "bridge_cert_sha256": self.bridge.cert_sha256(),
-                    "request_timeout_ms": 4000
-                }
-            }))
-            .unwrap(),
-        )
-        .unwrap()
-    }
-
-    /// The real Hue agent on the agent runtime, in process; waits for its first heartbeat.
-    async fn start_hue(&mut self) {
-        let config = self.hue_config();
-        agent_runtime::entry::check_config(&config).unwrap();
-        let settings = agent_runtime::entry::parse_settings::<Hue>(&config).unwrap();
-        let hue = Hue::new(settings, &AgentContext::from_config(&config)).unwrap();
-        let watcher = self
-            .server
-            .connect(&Principal::orchestrator())
-            .await
-            .unwrap();
-        let mut status = watcher.subscribe("status.hue").await.unwrap();
-        watcher.flush().await.unwrap();
-        let client = self
-            .server
-            .connect(&Principal::new("hue").unwrap())
-            .await
-            .unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            agent_runtime::run(config, hue, client, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        tokio::time::timeout(WAIT, status.next())
-            .await
-            .expect("a heartbeat from the Hue agent")
-            .unwrap();
-        self.hue = Some(Running { stop, task });
-    }
-
-    /// The orchestrator service in process: routines only, the owner is the web chat's user.
-    async fn start_orchestrator(&mut self) {
-        let text = format!(
-            r#"
-nats_url = "{url}"
-home = "{home}"
-state_db = "{db}"
-owners = ["{OWNER}"]
-agents = ["hue"]
-[approval]
-ttl_secs = 600
-require = "change"
-"#,
-            url = self.server.url(),
-            home = self.server.layout().root().display(),
-            db = self.state.path().join("orchestrator.db").display(),
-        );
-        let config = Config::from_toml(&text).unwrap();
-        let planner = orchestrator::plan::Planners::with_rooms(
-            orchestrator::catalog::Catalog::enabled(&[AgentName::new("hue").unwrap()]),
-            None,
-            &room_aliases(),
-        )
-        .unwrap();
-        let deps = Deps {
-            client: self
-                .server
-                .connect(&Principal::orchestrator())
-                .await
-                .unwrap(),
-            layout: self.server.layout().clone(),
-            planner,
-            agent_control: None,
-            composer: None,
-            clock: Arc::new(orchestrator::clock::SystemClock),
-            fault: None,
-            tuning: Tuning {
-                tick: Duration::from_millis(100),
-                ..Tuning::default()
-            },
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(service::run(config, deps, async {
-            let _ = stopped.await;
-        }));
-        self.orchestrator = Some(Running { stop, task });
-    }
-
-    /// The gateway's web chat: the page server on a loopback port and the gateway's loops.
-    async fn start_gateway(&mut self) {
-        let db = self.state.path().join("gateway.sqlite");
+        let home = Home::start(OWNER).await;
+        let token = WebToken::load_or_create(&home.state.path().join("web-token")).unwrap();
+        let db = home.state.path().join("gateway.sqlite");
         let chat = WebChat::new(
             ChannelName::new("web").unwrap(),
             "owner",
@@ -236,31 +57,26 @@ require = "change"
         .await
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(notify_gateway::webchat::http::serve(
-            listener,
-            chat.clone(),
-            self.token.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        self.page = Some(Running { stop, task });
-        let client = self.server.connect(&Principal::gateway()).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let page = Running::spawn(|stopped| {
+            notify_gateway::webchat::http::serve(listener, chat.clone(), token.clone(), stopped)
+        });
+        let client = home.server.connect(&Principal::gateway()).await.unwrap();
         let store = Store::open(&db).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
         let allow = chat.allowlist();
-        let task = tokio::spawn(notify_gateway::run(
-            chat,
-            allow,
-            client,
-            store,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        self.gateway = Some(Running { stop, task });
+        let gateway =
+            Running::spawn(|stopped| notify_gateway::run(chat, allow, client, store, stopped));
+        World {
+            home,
+            token,
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(40))
+                .build()
+                .unwrap(),
+            page,
+            gateway,
+        }
     }
 
     /// POSTs JSON with the token; returns the status and the JSON answer.
@@ -307,76 +123,11 @@ require = "change"
         }
     }
 
-    /// Every audit event so far, as (`audit.<actor>` actor, event).
-    async fn audit(&self) -> Vec<(String, AuditEvent)> {
-        let js = jetstream::new(self.server.admin().await.unwrap());
-        let mut s = js.get_stream(stream::AUDIT).await.unwrap();
-        let last = s.info().await.unwrap().state.last_sequence;
-        let mut rows = Vec::new();
-        for seq in 1..=last {
-            let m = s.get_raw_message(seq).await.unwrap();
-            let actor = m.subject.as_str().trim_start_matches("audit.").to_owned();
-            rows.push((
-                actor,
-                Envelope::<AuditEvent>::decode(&m.payload).unwrap().body,
-            ));
-        }
-        rows
+    async fn shutdown(self) {
+        self.gateway.stop().await.unwrap();
+        self.page.stop().await.unwrap();
+        self.home.stop().await;
     }
-
-    async fn count_audit(&self, kind: &str) -> usize {
-        self.audit()
-            .await
-            .iter()
-            .filter(|(_, e)| e.kind() == kind)
-            .count()
-    }
-
-    /// Changes the agent made at the bridge.
-    fn puts(&self) -> usize {
-        self.bridge
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PUT")
-            .count()
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(g) = self.gateway.take() {
-            g.stop().await.unwrap();
-        }
-        if let Some(p) = self.page.take() {
-            p.stop().await.unwrap();
-        }
-        if let Some(o) = self.orchestrator.take() {
-            o.stop().await.unwrap();
-        }
-        if let Some(h) = self.hue.take() {
-            h.stop().await;
-        }
-    }
-}
-
-/// The lights of a room, from the bridge's resources (room → devices → light services).
-fn lights_of(resources: &[Value], room: &str) -> Vec<Value> {
-    let by_id = |id: &str| resources.iter().find(|r| r["id"] == id);
-    let room = resources
-        .iter()
-        .find(|r| r["type"] == "room" && r["metadata"]["name"] == room)
-        .unwrap_or_else(|| panic!("no room {room}"));
-    room["children"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| by_id(c["rid"].as_str().unwrap()))
-        .flat_map(|d| d["services"].as_array().cloned().unwrap_or_default())
-        .filter(|s| s["rtype"] == "light")
-        .map(|s| by_id(s["rid"].as_str().unwrap()).unwrap().clone())
-        .collect()
-}
-
-fn is_on(light: &Value) -> bool {
-    light["on"]["on"].as_bool().unwrap()
 }
 
 fn text(m: &Value) -> &str {
@@ -398,7 +149,7 @@ fn button_payload(m: &Value, label: &str) -> String {
 #[tokio::test]
 async fn start_bedtime_on_the_web_chat_approve_and_the_kitchen_goes_dark() {
     let w = World::start().await;
-    let kitchen = lights_of(&w.bridge.resources(), KITCHEN);
+    let kitchen = lights_of(&w.home.bridge.resources(), KITCHEN);
     assert!(!kitchen.is_empty(), "the kitchen has lights");
     assert!(kitchen.iter().any(is_on), "some kitchen light starts on");
 
@@ -438,7 +189,7 @@ async fn start_bedtime_on_the_web_chat_approve_and_the_kitchen_goes_dark() {
             text(&card)
         );
     }
-    assert_eq!(w.puts(), 0, "nothing ran before the approval");
+    assert_eq!(w.home.puts(), 0, "nothing ran before the approval");
     let card_id = card["id"].as_str().unwrap().to_owned();
 
     // Approve.
@@ -474,12 +225,12 @@ async fn start_bedtime_on_the_web_chat_approve_and_the_kitchen_goes_dark() {
     );
 
     // The kitchen is really dark at the bridge.
-    let kitchen = lights_of(&w.bridge.resources(), KITCHEN);
+    let kitchen = lights_of(&w.home.bridge.resources(), KITCHEN);
     assert!(
         kitchen.iter().all(|l| !is_on(l)),
         "kitchen lights still on: {kitchen:#?}"
     );
-    let puts = w.puts();
+    let puts = w.home.puts();
     assert!(puts > 0);
 
     // A second press of Approve: refused by the gateway before publishing; nothing runs again.
@@ -492,6 +243,7 @@ async fn start_bedtime_on_the_web_chat_approve_and_the_kitchen_goes_dark() {
     assert_eq!(status, 409, "{answer}");
     assert_eq!(answer["error"]["code"], "button_not_shown");
     let refused = w
+        .home
         .audit()
         .await
         .into_iter()
@@ -504,7 +256,7 @@ async fn start_bedtime_on_the_web_chat_approve_and_the_kitchen_goes_dark() {
     assert_eq!(code.as_str(), "button_not_shown");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        w.count_audit("decision_refused").await,
+        w.home.count_audit("decision_refused").await,
         1,
         "the orchestrator never saw it"
     );
@@ -515,7 +267,7 @@ async fn start_bedtime_on_the_web_chat_approve_and_the_kitchen_goes_dark() {
         .filter(|m| text(m).contains("\nRef "))
         .count();
     assert_eq!(results, 1, "one execution, one results message");
-    assert_eq!(w.puts(), puts, "no further change at the bridge");
-    assert_eq!(w.count_audit("plan_finished").await, 1);
+    assert_eq!(w.home.puts(), puts, "no further change at the bridge");
+    assert_eq!(w.home.count_audit("plan_finished").await, 1);
     w.shutdown().await;
 }
