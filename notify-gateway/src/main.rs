@@ -167,39 +167,9 @@ fn main() -> ExitCode {
             shutdown_signal().await;
             stop_tx.send_replace(true);
         };
-        let telegram = async {
-            match telegram {
-                Some((channel, allow)) => {
-                    notify_gateway::run_with(
-                        channel,
-                        allow,
-                        limits,
-                        client.clone(),
-                        store.clone(),
-                        stopped(stop_rx.clone()),
-                    )
-                    .await
-                }
-                None => Ok(()),
-            }
-        };
+        let telegram = run_channel(telegram, limits, &client, &store, stop_rx.clone());
         #[cfg(feature = "imessage")]
-        let imessage = async {
-            match imessage {
-                Some((channel, allow)) => {
-                    notify_gateway::run_with(
-                        channel,
-                        allow,
-                        limits,
-                        client.clone(),
-                        store.clone(),
-                        stopped(stop_rx.clone()),
-                    )
-                    .await
-                }
-                None => Ok(()),
-            }
-        };
+        let imessage = run_channel(imessage, limits, &client, &store, stop_rx.clone());
         #[cfg(not(feature = "imessage"))]
         let imessage = async { Ok::<(), notify_gateway::GatewayError>(()) };
         #[cfg(feature = "web")]
@@ -215,56 +185,17 @@ fn main() -> ExitCode {
             None => None,
         };
         #[cfg(feature = "slack")]
-        let slack = async {
-            match slack {
-                Some((channel, allow)) => {
-                    notify_gateway::run_with(
-                        channel,
-                        allow,
-                        limits,
-                        client.clone(),
-                        store.clone(),
-                        stopped(stop_rx.clone()),
-                    )
-                    .await
-                }
-                None => Ok(()),
-            }
-        };
+        let slack = run_channel(slack, limits, &client, &store, stop_rx.clone());
         #[cfg(not(feature = "slack"))]
         let slack = async { Ok::<(), notify_gateway::GatewayError>(()) };
         // The channels run until a signal; when one fails, the others are stopped too (an
         // unconfigured channel returns at once and stops nothing).
         let channels = async {
             let (a, b, c, d) = tokio::join!(
-                async {
-                    let r = telegram.await;
-                    if r.is_err() {
-                        stop_tx.send_replace(true);
-                    }
-                    r
-                },
-                async {
-                    let r = imessage.await;
-                    if r.is_err() {
-                        stop_tx.send_replace(true);
-                    }
-                    r
-                },
-                async {
-                    let r = web.await;
-                    if r.is_err() {
-                        stop_tx.send_replace(true);
-                    }
-                    r
-                },
-                async {
-                    let r = slack.await;
-                    if r.is_err() {
-                        stop_tx.send_replace(true);
-                    }
-                    r
-                }
+                stop_all_on_error(telegram, &stop_tx),
+                stop_all_on_error(imessage, &stop_tx),
+                stop_all_on_error(web, &stop_tx),
+                stop_all_on_error(slack, &stop_tx),
             );
             a.and(b).and(c).and(d)
         };
@@ -597,6 +528,42 @@ async fn slack_channel(
             Err(ExitCode::FAILURE)
         }
     }
+}
+
+/// Runs one configured channel's loops until `stop` turns true (nothing if not configured).
+async fn run_channel<C: notify_gateway::channel::Channel>(
+    configured: Option<(C, Allowlist)>,
+    limits: notify_gateway::limits::Limits,
+    client: &async_nats::Client,
+    store: &Store,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), notify_gateway::GatewayError> {
+    let Some((channel, allow)) = configured else {
+        return Ok(());
+    };
+    notify_gateway::run_with(
+        channel,
+        allow,
+        limits,
+        client.clone(),
+        store.clone(),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    )
+    .await
+}
+
+/// Awaits one channel; if it fails, tells every other channel to stop.
+async fn stop_all_on_error(
+    channel: impl std::future::Future<Output = Result<(), notify_gateway::GatewayError>>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> Result<(), notify_gateway::GatewayError> {
+    let r = channel.await;
+    if r.is_err() {
+        stop.send_replace(true);
+    }
+    r
 }
 
 async fn shutdown_signal() {
