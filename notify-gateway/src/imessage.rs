@@ -37,10 +37,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::ChannelName;
-use protocol::message::{Effect, OutboundMessage, PlanProposal, Verdict};
+use protocol::message::{OutboundMessage, PlanProposal, Verdict};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::channel::{Channel, Delivered, DeliveryError, InboundEvent, InboundKind, Rendered};
+use crate::plain::{clean, cut, plan_body};
 
 /// Seconds from the Unix epoch to Apple's epoch (2001-01-01T00:00:00Z).
 pub const APPLE_EPOCH_UNIX_SECS: i64 = 978_307_200;
@@ -592,44 +593,12 @@ impl Channel for IMessage {
 // ---------------------------------------------------------------------------------------------
 // Rendering (pure)
 
-/// Replaces control characters other than newline with spaces.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
-        .collect()
-}
-
-fn cut(s: String, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s;
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 /// A plan as plain text: summary, each step (agent, action, effect, exact parameters, why) and
 /// how to answer with the short code. No buttons. A plan too long to show in full is cut and
 /// says it cannot be approved from iMessage (the orchestrator would still accept the code, so
 /// the instruction to reply is left out).
 pub fn render_plan_text(p: &PlanProposal) -> Rendered {
-    let mut text = format!("Plan: {}\n", clean(&p.summary));
-    for (i, s) in p.steps.iter().enumerate() {
-        let params =
-            String::from_utf8(protocol::args::canonical_json(&s.params)).unwrap_or_default();
-        let effect = match s.effect {
-            Effect::Read => "reads",
-            Effect::Change => "changes",
-        };
-        text.push_str(&format!(
-            "\n{}. {} {} ({effect})\n   Params: {}\n   Why: {}\n",
-            i + 1,
-            s.agent.as_str(),
-            s.action.as_str(),
-            clean(&params),
-            clean(&s.why),
-        ));
-    }
+    let mut text = plan_body(p);
     let code = clean(&p.short_code);
     text.push_str(&format!(
         "\nCode {code}. Reply \"approve {code}\" or \"reject {code}\"."

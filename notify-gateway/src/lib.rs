@@ -30,6 +30,7 @@ pub mod inbound;
 pub mod limits;
 pub mod outbound;
 pub mod pairing;
+pub mod plain;
 pub mod secret;
 #[cfg(feature = "slack")]
 pub mod slack;

@@ -10,55 +10,18 @@
 //! What it does not do: no markup of any kind, so there is nothing to escape; the page is what
 //! keeps the text inert.
 
-use protocol::message::{Effect, OutboundMessage, PlanProposal};
+use protocol::message::{OutboundMessage, PlanProposal};
 
 use crate::channel::Rendered;
+pub use crate::plain::clean;
+use crate::plain::{cut, plan_body};
 
 /// Longest text shown, in characters.
 pub const MAX_WEB_TEXT: usize = 32 * 1024;
 
-/// Replaces control characters (except newline) and bidirectional controls with spaces.
-pub fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
-            if (c.is_control() && c != '\n') || bidi {
-                ' '
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-fn cut(s: String, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s;
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 /// A plan card as plain text with its Approve / Reject buttons.
 pub fn render_plan_text(p: &PlanProposal) -> Rendered {
-    let mut text = format!("Plan: {}\n", clean(&p.summary));
-    for (i, s) in p.steps.iter().enumerate() {
-        let params =
-            String::from_utf8(protocol::args::canonical_json(&s.params)).unwrap_or_default();
-        let effect = match s.effect {
-            Effect::Read => "reads",
-            Effect::Change => "changes",
-        };
-        text.push_str(&format!(
-            "\n{}. {} {} ({effect})\n   Params: {}\n   Why: {}\n",
-            i + 1,
-            s.agent.as_str(),
-            s.action.as_str(),
-            clean(&params),
-            clean(&s.why),
-        ));
-    }
+    let mut text = plan_body(p);
     text.push_str(&format!(
         "\nCode {} · Plan {}",
         clean(&p.short_code),
@@ -90,7 +53,7 @@ pub fn render_message_text(m: &OutboundMessage) -> Rendered {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use protocol::message::{Button, ChatRef, PlatformRef, ProposedStep};
+    use protocol::message::{Button, ChatRef, Effect, PlatformRef, ProposedStep};
     use protocol::{ActionName, AgentName, ApprovalId, ChannelName, ChatUser, PlanId, UnixMillis};
 
     fn buttons() -> Vec<Button> {
